@@ -1,0 +1,1 @@
+//! Shared helpers for the benchmark binaries: figure reporting and child-process management.
