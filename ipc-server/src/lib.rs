@@ -1,1 +1,42 @@
-//! ipc-server
+//! `ipc-server`: a websocket post office that routes messages between processes.
+//!
+//! This crate owns the server side of the protocol in the `protocol` crate: accepting TCP and
+//! TLS connections, the HTTP front door (upgrade, token check, health, metrics), namespaces and
+//! their members, the subject index, per-peer bounded outboxes with flow control, keepalive and
+//! graceful shutdown. It routes payloads as opaque bytes and must not interpret them, persist
+//! anything, or know about databases: `db-node` and other clients build on it through the
+//! `ipc-client` crate, never by linking the server.
+//!
+//! Layout: [`server`] accepts connections and dispatches them through [`http`]; an upgraded
+//! connection runs in [`connection`], routes each frame through [`router`] against the
+//! [`registry`] (namespaces, members, [`subjects`]) and delivers into [`outbox`]es.
+
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod pm2;
+pub mod registry;
+pub mod router;
+pub mod server;
+pub mod subjects;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// State shared by every connection of one server.
+pub struct Shared {
+    pub registry: registry::Registry,
+    pub metrics: Arc<metrics::Metrics>,
+    pub token: Option<auth::Token>,
+    pub limits: router::Limits,
+    pub keepalive: Duration,
+    pub queue_bytes: usize,
+    pub started: Instant,
+}
+
+pub use config::{Config, ConfigError, Settings};
+pub use server::Server;

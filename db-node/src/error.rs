@@ -1,0 +1,48 @@
+//! Typed errors. Every error about a file names the file.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a db-node database file (bad magic); refusing to touch it")]
+    NotADatabase { path: PathBuf },
+    #[error("{path}: written by a newer db-node (format version {found}, this build reads up to {supported})")]
+    NewerVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path}: truncated: {detail}")]
+    Truncated { path: PathBuf, detail: String },
+    #[error("{path}: corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}: database is open by process {pid}; run workers with an IPC role instead of opening it twice")]
+    Locked { path: PathBuf, pid: String },
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: String },
+    #[error("cannot write {path:?}: {reason}")]
+    TypeMismatch { path: String, reason: String },
+    #[error("database full: {0}")]
+    Full(String),
+    #[error("transaction aborted: {0}")]
+    Aborted(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The files of a database directory: the memory-mapped data file (grown in chunks of real
+//! zero-filled blocks, remapped as it grows) and the process lock that keeps a second,
+//! uncoordinated process out.
+
+use crate::error::{Error, Result};
+use crate::page::{PageId, PAGE_SIZE};
+use fs2::FileExt;
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const DATA_FILE: &str = "data.db";
+pub const LOCK_FILE: &str = "lock";
+
+/// One mapping of the data file. Old mappings stay valid (and are kept alive by the snapshots
+/// that use them) after the file grows and a bigger mapping replaces them.
+pub struct Map {
+    raw: MmapRaw,
+    len: usize,
+}
+
+impl Map {
+    pub fn pages(&self) -> u64 {
+        (self.len / PAGE_SIZE) as u64
+    }
+    /// The bytes of page `id`, or None if the mapping does not reach it.
+    pub fn page(&self, id: PageId) -> Option<&[u8]> {
+        if id >= self.pages() {
+            return None;
+        }
+        // SAFETY: in bounds of the mapping; pages reachable from a registered snapshot are never
+        // written (copy-on-write + reader-aware reuse), so no mutable alias exists for them.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.raw.as_ptr().add(id as usize * PAGE_SIZE), PAGE_SIZE)
+        })
+    }
+    /// Mutable bytes of page `id`.
+    ///
+    /// # Safety
+    /// Only the writer may call this, only for a page no snapshot can reach (allocated in the
+    /// current transaction, or a meta slot), and without holding another reference to that page.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn page_mut(&self, id: PageId) -> &mut [u8] {
+        assert!(id < self.pages(), "page {id} beyond the mapping");
+        std::slice::from_raw_parts_mut(self.raw.as_mut_ptr().add(id as usize * PAGE_SIZE), PAGE_SIZE)
+    }
+}
+
+/// The data file and its current mapping.
+pub struct DataFile {
+    pub path: PathBuf,
+    file: File,
+    pub map: Arc<Map>,
+}
+
+impl DataFile {
+    /// Open (or create empty) the data file. Returns the file and whether it is empty.
+    pub fn open(path: PathBuf) -> Result<(DataFile, bool)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len() as usize;
+        let map = Arc::new(map_file(&path, &file, len)?);
+        Ok((DataFile { path, file, map }, len == 0))
+    }
+
+    /// Make sure the file holds at least `pages` pages; grows by a quarter (1 MiB..64 MiB) of
+    /// real zero blocks and remaps.
+    pub fn ensure_pages(&mut self, pages: u64) -> Result<()> {
+        let have = self.map.pages();
+        if pages <= have {
+            return Ok(());
+        }
+        let step = (have / 4).clamp(256, 16384);
+        let target = pages.max(have + step) as usize * PAGE_SIZE;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = self.map.len;
+        while at < target {
+            let n = (target - at).min(zeros.len());
+            self.file
+                .write_all_at(&zeros[..n], at as u64)
+                .map_err(|e| Error::io(&self.path, e))?;
+            at += n;
+        }
+        self.map = Arc::new(map_file(&self.path, &self.file, target)?);
+        Ok(())
+    }
+
+    /// fdatasync: everything written to the map so far is on disk when this returns.
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.map.len as u64
+    }
+}
+
+fn map_file(path: &Path, file: &File, len: usize) -> Result<Map> {
+    if len == 0 {
+        // memmap2 refuses empty mappings; map one page of an anonymous placeholder instead.
+        let raw = MmapOptions::new()
+            .len(PAGE_SIZE)
+            .map_anon()
+            .map_err(|e| Error::io(path, e))?;
+        let raw = MmapRaw::from(raw);
+        return Ok(Map { raw, len: 0 });
+    }
+    let raw = MmapOptions::new()
+        .len(len)
+        .map_raw(file)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(Map { raw, len })
+}
+
+/// Exclusive ownership of a database directory by this process (an fs2 lock on `lock`, which
+/// also records the owner's pid for the error message of the next one who tries).
+pub struct ProcessLock {
+    _file: File,
+}
+
+impl ProcessLock {
+    pub fn acquire(dir: &Path) -> Result<ProcessLock> {
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        if file.try_lock_exclusive().is_err() {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(Error::Locked {
+                path: dir.to_path_buf(),
+                pid: if pid.is_empty() { "?".into() } else { pid.to_string() },
+            });
+        }
+        let write = |f: &mut File| -> std::io::Result<()> {
+            f.set_len(0)?;
+            f.seek(SeekFrom::Start(0))?;
+            write!(f, "{}", std::process::id())?;
+            f.flush()
+        };
+        write(&mut file).map_err(|e| Error::io(&path, e))?;
+        Ok(ProcessLock { _file: file })
+    }
+}

@@ -1,0 +1,283 @@
+//! Routing: what the server does with each frame a peer sends. Runs in the peer's reader task,
+//! so frames of one sender are routed one after another, which is what gives per-sender FIFO to
+//! every receiver. Destinations are resolved through a per-connection cache that is dropped
+//! whenever the namespace's generation changes.
+
+use crate::metrics::{Counter, Metrics};
+use crate::outbox::{slow_consumer_reason, PushError};
+use crate::registry::{encode, LazyFrame, Namespace, Peer};
+use protocol::{ClientFrame, ErrorCode, ServerFrame, Target};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Limits that routing enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_payload: u32,
+    pub slow_consumer: Duration,
+}
+
+/// Destinations resolved at one namespace generation.
+#[derive(Default)]
+struct RouteCache {
+    generation: u64,
+    peers: HashMap<Box<str>, Option<Arc<Peer>>>,
+    subjects: HashMap<Box<str>, Arc<[Arc<Peer>]>>,
+    others: Option<Arc<[Arc<Peer>]>>,
+}
+
+/// Entries a cache may hold before it is simply cleared.
+const CACHE_LIMIT: usize = 4096;
+
+impl RouteCache {
+    fn sync(&mut self, generation: u64) {
+        if self.generation != generation || self.peers.len() + self.subjects.len() > CACHE_LIMIT {
+            self.peers.clear();
+            self.subjects.clear();
+            self.others = None;
+            self.generation = generation;
+        }
+    }
+}
+
+/// One connected peer's routing state.
+pub struct Session {
+    pub ns: Arc<Namespace>,
+    pub me: Arc<Peer>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    cache: RouteCache,
+}
+
+/// Where a request-deadline check applies during delivery.
+struct RequestInfo<'a> {
+    deadline: Instant,
+    corr: u64,
+    target: &'a str,
+}
+
+impl Session {
+    pub fn new(ns: Arc<Namespace>, me: Arc<Peer>, metrics: Arc<Metrics>, limits: Limits) -> Self {
+        Session { ns, me, metrics, limits, cache: RouteCache::default() }
+    }
+
+    fn count(&self, counter: Counter, n: u64) {
+        self.metrics.add(self.me.conn, counter, n);
+    }
+
+    /// Sends an error frame back to this peer.
+    pub fn error(&self, code: ErrorCode, corr: u64, target: &str, message: String) {
+        let counter = match code {
+            ErrorCode::UnknownPeer => Counter::ErrUnknownPeer,
+            ErrorCode::NoResponders => Counter::ErrNoResponders,
+            ErrorCode::DeadlineExceeded => Counter::ErrDeadlineExceeded,
+            ErrorCode::PayloadTooLarge => Counter::ErrPayloadTooLarge,
+            ErrorCode::MalformedFrame => Counter::ErrMalformedFrame,
+            ErrorCode::InvalidName => Counter::ErrInvalidName,
+        };
+        self.count(counter, 1);
+        let frame = ServerFrame::Error { code, corr, target: target.into(), message: message.into() };
+        self.me.outbox.push_control(encode(&frame, self.me.encoding));
+    }
+
+    fn peer(&mut self, id: &str) -> Option<Arc<Peer>> {
+        self.cache.sync(self.ns.generation());
+        if let Some(found) = self.cache.peers.get(id) {
+            return found.clone();
+        }
+        let found = self.ns.peer(id);
+        self.cache.peers.insert(id.into(), found.clone());
+        found
+    }
+
+    fn subscribers(&mut self, subject: &str) -> Arc<[Arc<Peer>]> {
+        self.cache.sync(self.ns.generation());
+        if let Some(found) = self.cache.subjects.get(subject) {
+            return found.clone();
+        }
+        let found: Arc<[Arc<Peer>]> = self.ns.subscribers(subject).into();
+        self.cache.subjects.insert(subject.into(), found.clone());
+        found
+    }
+
+    fn others(&mut self) -> Arc<[Arc<Peer>]> {
+        self.cache.sync(self.ns.generation());
+        let me = self.me.conn;
+        self.cache.others.get_or_insert_with(|| self.ns.others(me).into()).clone()
+    }
+
+    fn payload_ok(&self, payload: &[u8], corr: u64) -> bool {
+        if payload.len() > self.limits.max_payload as usize {
+            self.error(
+                ErrorCode::PayloadTooLarge,
+                corr,
+                "",
+                format!("payload of {} bytes exceeds the maximum of {}", payload.len(), self.limits.max_payload),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Routes one frame from this peer.
+    pub async fn route(&mut self, frame: ClientFrame<'_>) {
+        match frame {
+            ClientFrame::Send { to, payload } => {
+                if !self.payload_ok(&payload, 0) {
+                    return;
+                }
+                match self.peer(&to) {
+                    Some(dest) => {
+                        let frame = ServerFrame::Message { from: self.me.id.as_ref().into(), payload };
+                        self.deliver(&[dest], LazyFrame::new(frame), None).await;
+                    }
+                    None => self.unknown_peer(&to, 0),
+                }
+            }
+            ClientFrame::Broadcast { payload } => {
+                if !self.payload_ok(&payload, 0) {
+                    return;
+                }
+                let dests = self.others();
+                let frame = ServerFrame::Broadcast { from: self.me.id.as_ref().into(), payload };
+                self.deliver(&dests, LazyFrame::new(frame), None).await;
+            }
+            ClientFrame::Publish { subject, payload } => {
+                if !self.payload_ok(&payload, 0) {
+                    return;
+                }
+                if let Err(e) = protocol::validate_subject(&subject) {
+                    return self.error(ErrorCode::InvalidName, 0, &subject, e.to_string());
+                }
+                let dests = self.subscribers(&subject);
+                if dests.is_empty() {
+                    return;
+                }
+                let frame = ServerFrame::Published { from: self.me.id.as_ref().into(), subject, payload };
+                self.deliver(&dests, LazyFrame::new(frame), None).await;
+            }
+            ClientFrame::Subscribe { pattern } => match protocol::validate_pattern(&pattern) {
+                Ok(()) => self.ns.subscribe(&self.me, &pattern),
+                Err(e) => self.error(ErrorCode::InvalidName, 0, &pattern, e.to_string()),
+            },
+            ClientFrame::Unsubscribe { pattern } => self.ns.unsubscribe(&self.me, &pattern),
+            ClientFrame::Request { corr, target, timeout_ms, payload } => {
+                self.request(corr, target, timeout_ms, payload).await
+            }
+            ClientFrame::Reply { to, corr, payload } => {
+                if !self.payload_ok(&payload, corr) {
+                    return;
+                }
+                match self.peer(&to) {
+                    Some(dest) => {
+                        let frame = ServerFrame::Reply { from: self.me.id.as_ref().into(), corr, payload };
+                        self.deliver(&[dest], LazyFrame::new(frame), None).await;
+                    }
+                    None => self.unknown_peer(&to, corr),
+                }
+            }
+            ClientFrame::Ping { nonce } => {
+                self.me.outbox.push_control(encode(&ServerFrame::Pong { nonce }, self.me.encoding))
+            }
+        }
+    }
+
+    fn unknown_peer(&self, id: &str, corr: u64) {
+        self.error(
+            ErrorCode::UnknownPeer,
+            corr,
+            id,
+            format!("no peer {id:?} in namespace {:?}", self.ns.name.as_ref()),
+        );
+    }
+
+    async fn request(&mut self, corr: u64, target: Target<'_>, timeout_ms: u32, payload: Cow<'_, [u8]>) {
+        let name = match &target {
+            Target::Peer(p) => p.as_ref(),
+            Target::Subject(s) => s.as_ref(),
+        };
+        if timeout_ms == 0 {
+            return self.error(ErrorCode::DeadlineExceeded, corr, name, "request timeout is 0 ms".into());
+        }
+        if !self.payload_ok(&payload, corr) {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+        let (dest, subject) = match &target {
+            Target::Peer(id) => match self.peer(id) {
+                Some(dest) => (dest, None),
+                None => return self.unknown_peer(id, corr),
+            },
+            Target::Subject(subject) => {
+                if let Err(e) = protocol::validate_subject(subject) {
+                    return self.error(ErrorCode::InvalidName, corr, subject, e.to_string());
+                }
+                let responders = self.subscribers(subject);
+                if responders.is_empty() {
+                    return self.error(
+                        ErrorCode::NoResponders,
+                        corr,
+                        subject,
+                        format!("no subscriber for subject {subject:?}"),
+                    );
+                }
+                let pick = self.ns.next_round_robin() % responders.len();
+                (responders[pick].clone(), Some(subject.clone()))
+            }
+        };
+        let frame = ServerFrame::Request { from: self.me.id.as_ref().into(), corr, subject, timeout_ms, payload };
+        let info = RequestInfo { deadline, corr, target: name };
+        self.deliver(&[dest], LazyFrame::new(frame), Some(info)).await;
+    }
+
+    /// Queues `frame` for every destination, waiting (flow control) where a queue is full. A
+    /// destination whose queue stays full for the slow-consumer timeout is disconnected.
+    async fn deliver(&self, dests: &[Arc<Peer>], mut frame: LazyFrame<'_>, request: Option<RequestInfo<'_>>) {
+        let mut delivered = 0u64;
+        let mut bytes = 0u64;
+        for dest in dests {
+            let message = frame.get(dest.encoding);
+            let len = message.len() as u64;
+            let message = match dest.outbox.try_push(message) {
+                Ok(()) => {
+                    delivered += 1;
+                    bytes += len;
+                    continue;
+                }
+                Err((_, PushError::Closed)) => continue,
+                Err((message, PushError::TimedOut)) => message,
+            };
+            let slow_deadline = Instant::now() + self.limits.slow_consumer;
+            let deadline = match &request {
+                Some(r) => r.deadline.min(slow_deadline),
+                None => slow_deadline,
+            };
+            match dest.outbox.push(message, deadline).await {
+                Ok(()) => {
+                    delivered += 1;
+                    bytes += len;
+                }
+                Err(PushError::Closed) => {}
+                Err(PushError::TimedOut) => match &request {
+                    Some(r) if r.deadline <= slow_deadline => self.error(
+                        ErrorCode::DeadlineExceeded,
+                        r.corr,
+                        r.target,
+                        "request deadline passed while the responder's queue was full".into(),
+                    ),
+                    _ => {
+                        self.count(Counter::SlowConsumerDisconnects, 1);
+                        dest.outbox.close(slow_consumer_reason(&format!(
+                            "queue stayed full for {} ms",
+                            self.limits.slow_consumer.as_millis()
+                        )));
+                    }
+                },
+            }
+        }
+        self.count(Counter::MessagesRouted, delivered);
+        self.count(Counter::BytesRouted, bytes);
+    }
+}
