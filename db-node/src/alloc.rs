@@ -71,7 +71,9 @@ impl LocalAllocator {
         let n = page::count(idx);
         let need = page_count.div_ceil(BITS_PER_PAGE) as usize;
         if n != need || n > MAX_BITMAP_PAGES {
-            return Err(format!("allocation index lists {n} bitmap pages, {need} expected"));
+            return Err(format!(
+                "allocation index lists {n} bitmap pages, {need} expected"
+            ));
         }
         let mut a = LocalAllocator {
             bits: vec![0; n * WORDS_PER_PAGE],
@@ -142,7 +144,12 @@ impl LocalAllocator {
     /// Record commit `txn` (pages it allocated and retired) in the bitmap, and lay out the new
     /// copies of the changed bitmap pages and a new index page. Returns the pages to write
     /// (the caller must make the file big enough, then call [`Self::write_pages`]).
-    pub fn commit(&mut self, txn: u64, allocated: &[PageId], retired: &[PageId]) -> Result<Vec<PageId>, String> {
+    pub fn commit(
+        &mut self,
+        txn: u64,
+        allocated: &[PageId],
+        retired: &[PageId],
+    ) -> Result<Vec<PageId>, String> {
         let mut dirty = BTreeSet::new();
         for &p in allocated {
             self.set(p, true);

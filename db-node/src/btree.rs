@@ -179,7 +179,12 @@ pub fn put<W: PagesMut>(w: &mut W, root: PageId, key: &[u8], val: &[u8]) -> Resu
 
 type Split = Option<(Vec<u8>, PageId)>;
 
-fn insert<W: PagesMut>(w: &mut W, id: PageId, key: &[u8], e: &[u8]) -> Result<(PageId, Split, bool)> {
+fn insert<W: PagesMut>(
+    w: &mut W,
+    id: PageId,
+    key: &[u8],
+    e: &[u8],
+) -> Result<(PageId, Split, bool)> {
     let id = writable(w, id)?;
     let p = w.page_mut(id);
     if node_kind(p) == KIND_LEAF {
@@ -250,12 +255,30 @@ fn split<W: PagesMut>(w: &mut W, id: PageId, at: usize, e: &[u8]) -> Result<(Vec
     let sep = entry_key(kind, entries[j]).to_vec();
     if kind == KIND_LEAF {
         page::rebuild(w.page_mut(id), kind, txn, 0, entries[..j].iter().copied());
-        page::rebuild(w.page_mut(right), kind, txn, 0, entries[j..].iter().copied());
+        page::rebuild(
+            w.page_mut(right),
+            kind,
+            txn,
+            0,
+            entries[j..].iter().copied(),
+        );
     } else {
         let k = sep.len();
         let rlink = page::rd64(entries[j], 2 + k);
-        page::rebuild(w.page_mut(id), kind, txn, page::link(&tmp), entries[..j].iter().copied());
-        page::rebuild(w.page_mut(right), kind, txn, rlink, entries[j + 1..].iter().copied());
+        page::rebuild(
+            w.page_mut(id),
+            kind,
+            txn,
+            page::link(&tmp),
+            entries[..j].iter().copied(),
+        );
+        page::rebuild(
+            w.page_mut(right),
+            kind,
+            txn,
+            rlink,
+            entries[j + 1..].iter().copied(),
+        );
     }
     Ok((sep, right))
 }
@@ -335,7 +358,11 @@ fn merge<W: PagesMut>(w: &mut W, parent: PageId, ci: usize) -> Result<()> {
     let sep = page::key(pp, l).to_vec();
     let rp = w.node(rid, None)?;
     let kind = node_kind(rp);
-    let extra = if kind == KIND_BRANCH { 2 + 2 + sep.len() + 8 } else { 0 };
+    let extra = if kind == KIND_BRANCH {
+        2 + 2 + sep.len() + 8
+    } else {
+        0
+    };
     let need = page::used_space(w.node(lid, Some(kind))?) + page::used_space(rp) + extra;
     if need > PAGE_SIZE - page::HEADER {
         return Ok(());

@@ -114,7 +114,11 @@ impl Meta {
                 .map(|i| (rd64(p, LIST_AT + 16 * i), rd64(p, LIST_AT + 16 * i + 8)))
                 .collect(),
         };
-        if m.page_count < 4 || m.alloc_index < 2 || m.alloc_index >= m.page_count || m.root >= m.page_count {
+        if m.page_count < 4
+            || m.alloc_index < 2
+            || m.alloc_index >= m.page_count
+            || m.root >= m.page_count
+        {
             return Err(MetaErr::Bad(format!("meta fields out of range: {m:?}")));
         }
         Ok(m)

@@ -303,7 +303,13 @@ fn compact(p: &mut [u8]) {
 }
 
 /// Rewrite `p` as a node of `kind` holding exactly `entries`, keeping `link`.
-pub fn rebuild<'a>(p: &mut [u8], kind: u8, txn: u64, link: u64, entries: impl Iterator<Item = &'a [u8]>) {
+pub fn rebuild<'a>(
+    p: &mut [u8],
+    kind: u8,
+    txn: u64,
+    link: u64,
+    entries: impl Iterator<Item = &'a [u8]>,
+) {
     init(p, kind, txn);
     set_link(p, link);
     let mut ds = PAGE_SIZE;

@@ -41,8 +41,14 @@ pub fn check_key(path: &str, k: &str) -> Result<()> {
     if k.is_empty() {
         return Err(invalid(path, "empty key"));
     }
-    if let Some(c) = k.bytes().find(|&b| b < 3 || b == b'/' || b == b'[' || b == b']') {
-        return Err(invalid(path, format!("key {k:?} contains the reserved byte {c:#04x}")));
+    if let Some(c) = k
+        .bytes()
+        .find(|&b| b < 3 || b == b'/' || b == b'[' || b == b']')
+    {
+        return Err(invalid(
+            path,
+            format!("key {k:?} contains the reserved byte {c:#04x}"),
+        ));
     }
     Ok(())
 }
@@ -60,9 +66,7 @@ pub fn parse(path: &str) -> Result<Vec<Segment>> {
             out.push(Segment::Key(name.to_string()));
         }
         while !rest.is_empty() {
-            let close = rest
-                .find(']')
-                .ok_or_else(|| invalid(path, "unclosed ["))?;
+            let close = rest.find(']').ok_or_else(|| invalid(path, "unclosed ["))?;
             let digits = &rest[1..close];
             let i: u64 = digits
                 .parse()
@@ -117,7 +121,10 @@ pub fn encode(path: &str, segs: &[Segment]) -> Result<Vec<u8>> {
         push_segment(&mut k, s);
     }
     if k.len() > MAX_KEY - 16 {
-        return Err(invalid(path, format!("longer than {} bytes encoded", MAX_KEY - 16)));
+        return Err(invalid(
+            path,
+            format!("longer than {} bytes encoded", MAX_KEY - 16),
+        ));
     }
     Ok(k)
 }
@@ -133,7 +140,9 @@ pub fn decode_segment(b: &[u8]) -> Option<Segment> {
             d.parse().ok().map(Segment::Index)
         }
         &CHUNK_MARK | &SEP => None,
-        _ => std::str::from_utf8(b).ok().map(|s| Segment::Key(s.to_string())),
+        _ => std::str::from_utf8(b)
+            .ok()
+            .map(|s| Segment::Key(s.to_string())),
     }
 }
 

@@ -45,7 +45,10 @@ impl Map {
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn page_mut(&self, id: PageId) -> &mut [u8] {
         assert!(id < self.pages(), "page {id} beyond the mapping");
-        std::slice::from_raw_parts_mut(self.raw.as_mut_ptr().add(id as usize * PAGE_SIZE), PAGE_SIZE)
+        std::slice::from_raw_parts_mut(
+            self.raw.as_mut_ptr().add(id as usize * PAGE_SIZE),
+            PAGE_SIZE,
+        )
     }
 }
 
@@ -142,7 +145,11 @@ impl ProcessLock {
             let pid = pid.trim();
             return Err(Error::Locked {
                 path: dir.to_path_buf(),
-                pid: if pid.is_empty() { "?".into() } else { pid.to_string() },
+                pid: if pid.is_empty() {
+                    "?".into()
+                } else {
+                    pid.to_string()
+                },
             });
         }
         let write = |f: &mut File| -> std::io::Result<()> {

@@ -174,7 +174,8 @@ pub fn children<P: Pages>(
             cur.advance(pages)?;
             continue;
         }
-        let leaf_scalar = matches!(v.first(), Some(t) if *t != T_OBJECT && *t != T_ARRAY && *t != T_CHUNKED);
+        let leaf_scalar =
+            matches!(v.first(), Some(t) if *t != T_OBJECT && *t != T_ARRAY && *t != T_CHUNKED);
         if let (Some(seg), Some(kind)) = (path::decode_segment(rest), value::record_kind(v)) {
             out.push(Child { segment: seg, kind });
         }

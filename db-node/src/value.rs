@@ -69,7 +69,9 @@ impl Value {
                 J::Object(m)
             }
             Value::Array(a) => J::Array(a.iter().map(Value::to_json).collect()),
-            Value::Object(o) => J::Object(o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            Value::Object(o) => {
+                J::Object(o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+            }
         }
     }
 
@@ -93,7 +95,11 @@ impl Value {
                         }
                     }
                 }
-                Value::Object(o.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
+                Value::Object(
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                        .collect(),
+                )
             }
         }
     }
