@@ -336,6 +336,12 @@ impl Db {
         }
     }
 
+    /// Ids of the pages the allocation bitmap marks in use (for tools and tests).
+    pub fn used_page_ids(&self) -> Vec<PageId> {
+        let w = lock(&self.writer);
+        (0..w.meta.page_count).filter(|&p| w.alloc.get(p)).collect()
+    }
+
     /// Verify every page and record reachable from the latest commit (see [`crate::check`]).
     pub fn check(&self) -> crate::check::Report {
         let w = lock(&self.writer);
