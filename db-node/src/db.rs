@@ -92,6 +92,7 @@ pub(crate) struct Writer {
 /// An open database directory. Cheap to share between threads (`&Db` is enough).
 pub struct Db {
     dir: PathBuf,
+    data_path: PathBuf,
     shared: Mutex<Shared>,
     writer: Mutex<Writer>,
     locks: Arc<dyn LockProvider>,
@@ -179,6 +180,7 @@ impl Db {
         };
         Ok(Db {
             dir,
+            data_path,
             shared: Mutex::new(shared),
             writer: Mutex::new(writer),
             locks: options
@@ -516,7 +518,7 @@ impl Pages for Snapshot<'_> {
     fn node(&self, id: PageId, kind: Option<u8>) -> Result<&[u8]> {
         node(
             &self.map,
-            &self.db.dir.join(DATA_FILE),
+            &self.db.data_path,
             self.head.page_count,
             id,
             kind,
@@ -524,7 +526,7 @@ impl Pages for Snapshot<'_> {
     }
     fn corrupt(&self, detail: String) -> Error {
         Error::Corrupt {
-            path: self.db.dir.join(DATA_FILE),
+            path: self.db.data_path.clone(),
             detail,
         }
     }
@@ -536,8 +538,7 @@ impl Snapshot<'_> {
         self.head.txn
     }
     fn key(path: &str) -> Result<Vec<u8>> {
-        let segs = path::parse(path)?;
-        path::encode(path, &segs)
+        path::key_of(path)
     }
     /// The whole value at `path` (Null if absent).
     pub fn get(&self, path: &str) -> Result<Value> {

@@ -81,6 +81,30 @@ pub fn parse(path: &str) -> Result<Vec<Segment>> {
     Ok(out)
 }
 
+/// Encode a path string straight into a key (same result as `encode(parse(path))`, without
+/// the intermediate segments; used on the read path).
+pub fn key_of(path: &str) -> Result<Vec<u8>> {
+    let simple = path.bytes().all(|b| b >= 3 && b != b'[' && b != b']');
+    if !simple {
+        let segs = parse(path)?;
+        return encode(path, &segs);
+    }
+    let mut k = Vec::with_capacity(path.len());
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        if !k.is_empty() {
+            k.push(SEP);
+        }
+        k.extend_from_slice(part.as_bytes());
+    }
+    if k.len() > MAX_KEY - 16 {
+        return Err(invalid(
+            path,
+            format!("longer than {} bytes encoded", MAX_KEY - 16),
+        ));
+    }
+    Ok(k)
+}
+
 /// Render segments back as a path string.
 pub fn render(segs: &[Segment]) -> String {
     let mut s = String::new();
@@ -190,5 +214,12 @@ mod tests {
         assert!(lo <= k("a/b/c") && k("a/b/c") < hi.clone().unwrap());
         assert!(k("a!") >= hi.unwrap());
         assert_eq!(decode_key(&k("a/b[7]")).unwrap(), parse("a/b[7]").unwrap());
+        for p in ["a/b[7]/c", "/x//y/", "", "a\u{1}"] {
+            assert_eq!(
+                key_of(p).ok(),
+                parse(p).and_then(|s| encode(p, &s)).ok(),
+                "{p}"
+            );
+        }
     }
 }

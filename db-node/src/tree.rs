@@ -30,6 +30,17 @@ pub fn kind_at<P: Pages>(pages: &P, root: PageId, key: &[u8]) -> Result<Option<K
 
 /// The whole value at `key` (Null if absent).
 pub fn read<P: Pages>(pages: &P, root: PageId, key: &[u8]) -> Result<Value> {
+    if !key.is_empty() {
+        // fast path: an inline scalar is one lookup
+        match btree::get(pages, root, key)? {
+            None => return Ok(Value::Null),
+            Some(r) if !matches!(r.first(), Some(&T_OBJECT | &T_ARRAY | &T_CHUNKED)) => {
+                return value::decode_scalar(r)
+                    .ok_or_else(|| pages.corrupt(format!("undecodable record at {key:?}")));
+            }
+            Some(_) => {}
+        }
+    }
     let mut cur = Cursor::seek(pages, root, key)?;
     if key.is_empty() {
         return read_container(pages, &mut cur, key, T_OBJECT, None);

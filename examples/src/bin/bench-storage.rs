@@ -1,0 +1,197 @@
+//! Storage benchmark: small sets at new paths, updates, gets, transactional increments and the
+//! file size after churn, in `nosync` and `sync` mode, beside the raw fsync rate of the disk.
+//!
+//! `cargo run --release -p examples --bin bench-storage [-- --json]`
+
+use anyhow::Result;
+use clap::Parser;
+use db_node::{Db, Durability, Options, Value};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// One JSON object per line: {"figure":..,"value":..,"unit":..}.
+    #[arg(long)]
+    json: bool,
+    /// Directory for the benchmark databases (a fresh temporary one by default).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Seconds per timed figure in sync mode.
+    #[arg(long, default_value_t = 2.0)]
+    sync_secs: f64,
+    /// Updates of the churn figure (nosync).
+    #[arg(long, default_value_t = 1_000_000)]
+    churn: u64,
+}
+
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn fig(&self, figure: &str, value: f64, unit: &str) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"figure": figure, "value": value, "unit": unit})
+            );
+        } else {
+            println!("{figure:<40} {value:>14.1} {unit}");
+        }
+    }
+}
+
+/// Run `op(i)` for `n` iterations or until `limit` elapses; returns operations per second.
+fn rate(n: u64, limit: Duration, mut op: impl FnMut(u64) -> Result<()>) -> Result<(f64, u64)> {
+    let t0 = Instant::now();
+    let mut i = 0;
+    while i < n {
+        op(i)?;
+        i += 1;
+        if i % 64 == 0 && t0.elapsed() > limit {
+            break;
+        }
+    }
+    Ok((i as f64 / t0.elapsed().as_secs_f64(), i))
+}
+
+fn raw_fsync_rate(dir: &Path, secs: f64) -> Result<f64> {
+    let path = dir.join("raw-fsync");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    let buf = vec![0x5au8; 4096];
+    f.write_all_at(&buf, 0)?;
+    f.sync_all()?;
+    let (r, _) = rate(u64::MAX, Duration::from_secs_f64(secs), |_| {
+        f.write_all_at(&buf, 0)?;
+        f.sync_data()?;
+        Ok(())
+    })?;
+    std::fs::remove_file(path)?;
+    Ok(r)
+}
+
+fn bench_mode(out: &Out, base: &Path, mode: Durability, args: &Args) -> Result<f64> {
+    let name = if mode == Durability::Sync {
+        "sync"
+    } else {
+        "nosync"
+    };
+    let dir = base.join(name);
+    let db = Db::open(
+        &dir,
+        Options {
+            durability: mode,
+            ..Options::default()
+        },
+    )?;
+    let (n, limit) = match mode {
+        Durability::NoSync => (300_000, Duration::from_secs(20)),
+        Durability::Sync => (u64::MAX, Duration::from_secs_f64(args.sync_secs)),
+    };
+    let (sets, written) = rate(n, limit, |i| {
+        db.set(&format!("bench/k{i:08}"), Value::Int(i as i64))?;
+        Ok(())
+    })?;
+    out.fig(&format!("{name}: small sets at new paths"), sets, "sets/s");
+    let keys = written.min(10_000);
+    let (updates, _) = rate(n, limit, |i| {
+        db.set(&format!("bench/k{:08}", i % keys), Value::Int(-(i as i64)))?;
+        Ok(())
+    })?;
+    out.fig(&format!("{name}: updates"), updates, "updates/s");
+    let (incs, _) = rate(n, limit, |_| {
+        db.transaction("counter", |v| match v {
+            Value::Int(c) => Some(Value::Int(c + 1)),
+            _ => Some(Value::Int(1)),
+        })?;
+        Ok(())
+    })?;
+    out.fig(
+        &format!("{name}: transactional increments"),
+        incs,
+        "increments/s",
+    );
+    if mode == Durability::NoSync {
+        let (gets, _) = rate(2_000_000, Duration::from_secs(10), |i| {
+            let v = db.get(&format!("bench/k{:08}", (i * 7919) % written))?;
+            debug_assert!(!v.is_null());
+            std::hint::black_box(v);
+            Ok(())
+        })?;
+        out.fig("gets (one snapshot each)", gets, "gets/s");
+        // churn: a million updates over a constant live set, in a fresh database
+        drop(db);
+        let db = Db::open(
+            base.join("churn"),
+            Options {
+                durability: mode,
+                ..Options::default()
+            },
+        )?;
+        let live: u64 = 1000;
+        for i in 0..live {
+            db.set(&format!("churn/c{i:05}"), Value::String("v".repeat(100)))?;
+        }
+        let s0 = db.stats();
+        let (churn_rate, _) = rate(args.churn, Duration::from_secs(60), |i| {
+            db.set(
+                &format!("churn/c{:05}", i % live),
+                Value::String(format!("{i:0100}")),
+            )?;
+            Ok(())
+        })?;
+        let s1 = db.stats();
+        let check = db.check();
+        anyhow::ensure!(check.ok(), "check failed after churn: {:?}", check.problems);
+        out.fig("nosync: churn updates", churn_rate, "updates/s");
+        out.fig(
+            "churn: pages in use",
+            s1.used_pages as f64 * 4096.0 / 1024.0,
+            "KiB",
+        );
+        out.fig(
+            "churn: file size before",
+            s0.file_bytes as f64 / 1024.0,
+            "KiB",
+        );
+        out.fig(
+            "churn: file size after",
+            s1.file_bytes as f64 / 1024.0,
+            "KiB",
+        );
+    }
+    Ok(sets)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let out = Out { json: args.json };
+    let base = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("bench-storage-{}", std::process::id())),
+    };
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base)?;
+    let raw = raw_fsync_rate(&base, args.sync_secs)?;
+    out.fig("raw 4 KiB pwrite + fdatasync", raw, "fsyncs/s");
+    bench_mode(&out, &base, Durability::NoSync, &args)?;
+    let sync_sets = bench_mode(&out, &base, Durability::Sync, &args)?;
+    let raw2 = raw_fsync_rate(&base, args.sync_secs)?;
+    out.fig("raw 4 KiB pwrite + fdatasync (again)", raw2, "fsyncs/s");
+    out.fig(
+        "sync sets / raw fsync rate",
+        sync_sets / ((raw + raw2) / 2.0),
+        "ratio",
+    );
+    if args.dir.is_none() {
+        std::fs::remove_dir_all(&base)?;
+    }
+    Ok(())
+}
