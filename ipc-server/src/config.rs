@@ -20,7 +20,12 @@ pub struct Config {
     #[arg(long, env = "IPC_HOST", default_value = "127.0.0.1")]
     pub host: String,
     /// Access token peers must present (Authorization: Bearer, or subprotocol bearer.<token>).
-    #[arg(long, env = "IPC_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    #[arg(
+        long,
+        env = "IPC_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     pub token: Option<String>,
     /// File holding the access token (surrounding whitespace is ignored).
     #[arg(long, env = "IPC_TOKEN_FILE")]
@@ -50,7 +55,10 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the token file {path}: {source}")]
-    TokenFile { path: PathBuf, source: std::io::Error },
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the token is empty (from {0})")]
     EmptyToken(&'static str),
     #[error("--max-payload must be between 1024 and {max} bytes, got {got}", max = MAX_PAYLOAD_LIMIT)]
@@ -83,16 +91,23 @@ impl Config {
     /// Checks the flags and loads the token and TLS material.
     pub fn resolve(&self) -> Result<Settings, ConfigError> {
         let token = match (&self.token, &self.token_file) {
-            (Some(t), _) => Some(Token::new(t).ok_or(ConfigError::EmptyToken("--token / IPC_TOKEN"))?),
+            (Some(t), _) => {
+                Some(Token::new(t).ok_or(ConfigError::EmptyToken("--token / IPC_TOKEN"))?)
+            }
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    })?;
                 Some(Token::new(text.trim()).ok_or(ConfigError::EmptyToken("--token-file"))?)
             }
             (None, None) => None,
         };
         if !(1024..=MAX_PAYLOAD_LIMIT).contains(&self.max_payload) {
-            return Err(ConfigError::MaxPayload { got: self.max_payload });
+            return Err(ConfigError::MaxPayload {
+                got: self.max_payload,
+            });
         }
         if self.keepalive_ms < 100 {
             return Err(ConfigError::Keepalive(self.keepalive_ms));

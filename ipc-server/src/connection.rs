@@ -24,8 +24,12 @@ use tokio_tungstenite::WebSocketStream;
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// Runs the connection until it ends, then removes the peer from its namespace.
-pub async fn run<S>(ws: WebSocketStream<S>, mut session: Session, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
-where
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    mut session: Session,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = session.me.clone();
@@ -50,12 +54,16 @@ where
         }
     };
     match reason.leave {
-        LeaveReason::SlowConsumer => tracing::warn!(peer = %peer.id, namespace = %ns.name, "{}", reason.text),
+        LeaveReason::SlowConsumer => {
+            tracing::warn!(peer = %peer.id, namespace = %ns.name, "{}", reason.text)
+        }
         LeaveReason::KeepaliveTimeout => {
             shared.metrics.add(peer.conn, Counter::KeepaliveTimeouts, 1);
             tracing::info!(peer = %peer.id, namespace = %ns.name, "{}", reason.text)
         }
-        _ => tracing::debug!(peer = %peer.id, namespace = %ns.name, reason = ?reason.leave, "peer left"),
+        _ => {
+            tracing::debug!(peer = %peer.id, namespace = %ns.name, reason = ?reason.leave, "peer left")
+        }
     }
     let leave = reason.leave;
     peer.outbox.close(reason);
@@ -87,24 +95,41 @@ where
                 return CloseReason {
                     leave: LeaveReason::ProtocolError,
                     code: 1009,
-                    text: format!("message too big: {e}; the maximum payload is {} bytes", session.limits.max_payload),
+                    text: format!(
+                        "message too big: {e}; the maximum payload is {} bytes",
+                        session.limits.max_payload
+                    ),
                 }
             }
             Some(Err(WsError::Protocol(e))) => {
-                return CloseReason { leave: LeaveReason::ProtocolError, code: 1002, text: format!("protocol error: {e}") }
+                return CloseReason {
+                    leave: LeaveReason::ProtocolError,
+                    code: 1002,
+                    text: format!("protocol error: {e}"),
+                }
             }
             Some(Err(e)) => {
-                return CloseReason { leave: LeaveReason::ConnectionLost, code: 1006, text: format!("connection lost: {e}") }
+                return CloseReason {
+                    leave: LeaveReason::ConnectionLost,
+                    code: 1006,
+                    text: format!("connection lost: {e}"),
+                }
             }
             None => {
-                return CloseReason { leave: LeaveReason::ConnectionLost, code: 1006, text: "connection closed without a close frame".into() }
+                return CloseReason {
+                    leave: LeaveReason::ConnectionLost,
+                    code: 1006,
+                    text: "connection closed without a close frame".into(),
+                }
             }
         };
         last_heard.store(millis_since(started), Ordering::Relaxed);
         match message {
             Message::Binary(bytes) => {
                 session.metrics.add(conn, Counter::FramesReceived, 1);
-                session.metrics.add(conn, Counter::BytesReceived, bytes.len() as u64);
+                session
+                    .metrics
+                    .add(conn, Counter::BytesReceived, bytes.len() as u64);
                 match protocol::decode_client(&bytes) {
                     Ok(frame) => session.route(frame).await,
                     Err(e) => session.error(ErrorCode::MalformedFrame, 0, "", e.to_string()),
@@ -112,14 +137,20 @@ where
             }
             Message::Text(text) => {
                 session.metrics.add(conn, Counter::FramesReceived, 1);
-                session.metrics.add(conn, Counter::BytesReceived, text.len() as u64);
+                session
+                    .metrics
+                    .add(conn, Counter::BytesReceived, text.len() as u64);
                 match protocol::json::decode_client(&text) {
                     Ok(frame) => session.route(frame).await,
                     Err(e) => session.error(ErrorCode::MalformedFrame, 0, "", e.to_string()),
                 }
             }
             Message::Close(_) => {
-                return CloseReason { leave: LeaveReason::Closed, code: 1000, text: "bye".into() };
+                return CloseReason {
+                    leave: LeaveReason::Closed,
+                    code: 1000,
+                    text: "bye".into(),
+                };
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
@@ -127,7 +158,12 @@ where
 }
 
 /// Pings a quiet peer and returns once it has been silent for the whole keepalive timeout.
-async fn keepalive(peer: &Peer, last_heard: &AtomicU64, started: Instant, timeout: Duration) -> CloseReason {
+async fn keepalive(
+    peer: &Peer,
+    last_heard: &AtomicU64,
+    started: Instant,
+    timeout: Duration,
+) -> CloseReason {
     let timeout_ms = timeout.as_millis() as u64;
     let tick = (timeout / 8).max(Duration::from_millis(20));
     let mut interval = tokio::time::interval(tick);
@@ -169,13 +205,20 @@ where
         batch.clear();
         peer.outbox.release(bytes);
         if let Some(e) = failed {
-            peer.outbox.close(CloseReason { leave: LeaveReason::ConnectionLost, code: 1006, text: format!("write failed: {e}") });
+            peer.outbox.close(CloseReason {
+                leave: LeaveReason::ConnectionLost,
+                code: 1006,
+                text: format!("write failed: {e}"),
+            });
             return;
         }
     }
     if let Some(reason) = peer.outbox.close_reason() {
         if reason.code != 1006 {
-            let frame = CloseFrame { code: CloseCode::from(reason.code), reason: truncate(&reason.text, 120).into() };
+            let frame = CloseFrame {
+                code: CloseCode::from(reason.code),
+                reason: truncate(&reason.text, 120).into(),
+            };
             let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
         }
     }

@@ -25,11 +25,17 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn query(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether a header holds `token` in its comma-separated list (case-insensitive).
@@ -76,7 +82,12 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, 
                     headers: req
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect(),
                     rest: buf[len..].to_vec(),
                 });
@@ -107,7 +118,9 @@ pub fn percent_decode(input: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -206,7 +219,10 @@ mod tests {
     #[tokio::test]
     async fn refuses_garbage_and_eof() {
         let mut input: &[u8] = b"\x00\x01\x02 nonsense\r\n\r\n";
-        assert!(matches!(read_head(&mut input).await, Err(HeadError::Malformed(_))));
+        assert!(matches!(
+            read_head(&mut input).await,
+            Err(HeadError::Malformed(_))
+        ));
         let mut input: &[u8] = b"GET / HTTP/1.1\r\n";
         assert!(matches!(read_head(&mut input).await, Err(HeadError::Eof)));
     }

@@ -26,7 +26,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ipc-server: cannot start the runtime: {e}");
@@ -42,10 +45,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(settings: ipc_server::Settings, pm2_channel: Option<pm2::Channel>) -> anyhow::Result<()> {
+async fn serve(
+    settings: ipc_server::Settings,
+    pm2_channel: Option<pm2::Channel>,
+) -> anyhow::Result<()> {
     let (host, port) = (settings.host.clone(), settings.port);
     let token = settings.token.is_some();
-    let server = Server::bind(settings).await.with_context(|| format!("cannot listen on {host}:{port}"))?;
+    let server = Server::bind(settings)
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let url = server.url()?;
     {
         let mut out = std::io::stdout().lock();

@@ -57,7 +57,10 @@ impl Metrics {
 
     /// The total of `counter` over all shards.
     pub fn get(&self, counter: Counter) -> u64 {
-        self.shards.iter().map(|s| s.0[counter as usize].load(Ordering::Relaxed)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.0[counter as usize].load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Prometheus text exposition; `peers` lists (namespace, peer count).
@@ -72,14 +75,49 @@ impl Metrics {
         let one = |c: Counter| vec![(String::new(), self.get(c))];
         let peer_lines: Vec<(String, u64)> = peers
             .iter()
-            .map(|(ns, n)| (format!("{{namespace=\"{}\"}}", ns.replace(['"', '\\'], "_")), *n as u64))
+            .map(|(ns, n)| {
+                (
+                    format!("{{namespace=\"{}\"}}", ns.replace(['"', '\\'], "_")),
+                    *n as u64,
+                )
+            })
             .collect();
-        metric("ipc_peers", "gauge", "Connected peers per namespace.", &peer_lines);
-        metric("ipc_connections_total", "counter", "Websocket sessions accepted.", &one(Counter::Connections));
-        metric("ipc_frames_received_total", "counter", "Frames received from peers.", &one(Counter::FramesReceived));
-        metric("ipc_bytes_received_total", "counter", "Payload bytes received from peers.", &one(Counter::BytesReceived));
-        metric("ipc_messages_routed_total", "counter", "Messages delivered to peer queues (one per receiver).", &one(Counter::MessagesRouted));
-        metric("ipc_bytes_routed_total", "counter", "Payload bytes delivered to peer queues.", &one(Counter::BytesRouted));
+        metric(
+            "ipc_peers",
+            "gauge",
+            "Connected peers per namespace.",
+            &peer_lines,
+        );
+        metric(
+            "ipc_connections_total",
+            "counter",
+            "Websocket sessions accepted.",
+            &one(Counter::Connections),
+        );
+        metric(
+            "ipc_frames_received_total",
+            "counter",
+            "Frames received from peers.",
+            &one(Counter::FramesReceived),
+        );
+        metric(
+            "ipc_bytes_received_total",
+            "counter",
+            "Payload bytes received from peers.",
+            &one(Counter::BytesReceived),
+        );
+        metric(
+            "ipc_messages_routed_total",
+            "counter",
+            "Messages delivered to peer queues (one per receiver).",
+            &one(Counter::MessagesRouted),
+        );
+        metric(
+            "ipc_bytes_routed_total",
+            "counter",
+            "Payload bytes delivered to peer queues.",
+            &one(Counter::BytesRouted),
+        );
         metric(
             "ipc_slow_consumer_disconnects_total",
             "counter",
@@ -103,9 +141,16 @@ impl Metrics {
             ("handshake_rejected", Counter::HandshakeRejected),
             ("handshake_duplicate_peer", Counter::HandshakeDuplicatePeer),
         ];
-        let error_lines: Vec<(String, u64)> =
-            errors.iter().map(|(k, c)| (format!("{{kind=\"{k}\"}}"), self.get(*c))).collect();
-        metric("ipc_errors_total", "counter", "Errors by kind.", &error_lines);
+        let error_lines: Vec<(String, u64)> = errors
+            .iter()
+            .map(|(k, c)| (format!("{{kind=\"{k}\"}}"), self.get(*c)))
+            .collect();
+        metric(
+            "ipc_errors_total",
+            "counter",
+            "Errors by kind.",
+            &error_lines,
+        );
         out
     }
 }

@@ -63,7 +63,11 @@ impl Outbox {
     /// still accepted when the outbox is empty, so the limit only needs to exceed the overhead).
     pub fn new(limit: usize) -> Self {
         Outbox {
-            inner: Mutex::new(Inner { queue: VecDeque::new(), bytes: 0, closed: None }),
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                bytes: 0,
+                closed: None,
+            }),
             writer_wake: Notify::new(),
             space: Notify::new(),
             closing: Notify::new(),
@@ -102,7 +106,10 @@ impl Outbox {
         }
         if inner.bytes + w > self.limit.saturating_mul(2) {
             drop(inner);
-            self.close(slow_consumer_reason(&format!("queue passed {} bytes", self.limit.saturating_mul(2))));
+            self.close(slow_consumer_reason(&format!(
+                "queue passed {} bytes",
+                self.limit.saturating_mul(2)
+            )));
             return;
         }
         inner.bytes += w;
@@ -126,7 +133,10 @@ impl Outbox {
                 Err((_, PushError::Closed)) => return Err(PushError::Closed),
                 Err((m, PushError::TimedOut)) => message = m,
             }
-            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
                 // One last try: space may have freed between the wake-up and the timeout.
                 return self.try_push(message).map_err(|(_, e)| e);
             }
@@ -217,7 +227,6 @@ pub fn binary(bytes: Vec<u8>) -> Message {
     Message::Binary(Bytes::from(bytes))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,7 +243,10 @@ mod tests {
         assert!(outbox.try_push(msg(100)).is_ok());
         assert!(outbox.try_push(msg(100)).is_ok());
         // 3 * 164 = 492; another 600 + 64 would exceed 1000.
-        assert!(matches!(outbox.try_push(msg(600)), Err((_, PushError::TimedOut))));
+        assert!(matches!(
+            outbox.try_push(msg(600)),
+            Err((_, PushError::TimedOut))
+        ));
         let mut batch = Vec::new();
         let taken = outbox.next_batch(&mut batch).await.expect("open");
         assert_eq!(batch.len(), 3);
@@ -251,14 +263,17 @@ mod tests {
         outbox.try_push(msg(100)).expect("first fits");
         let o = outbox.clone();
         let waiter = tokio::spawn(async move {
-            o.push(msg(100), Instant::now() + Duration::from_secs(5)).await
+            o.push(msg(100), Instant::now() + Duration::from_secs(5))
+                .await
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let mut batch = Vec::new();
         let taken = outbox.next_batch(&mut batch).await.expect("open");
         outbox.release(taken);
         assert_eq!(waiter.await.expect("joins"), Ok(()));
-        let r = outbox.push(msg(100), Instant::now() + Duration::from_millis(30)).await;
+        let r = outbox
+            .push(msg(100), Instant::now() + Duration::from_millis(30))
+            .await;
         assert_eq!(r, Err(PushError::TimedOut));
     }
 
@@ -273,6 +288,9 @@ mod tests {
         assert_eq!(reason.leave, protocol::LeaveReason::SlowConsumer);
         let mut batch = Vec::new();
         assert_eq!(outbox.next_batch(&mut batch).await, None);
-        assert_eq!(outbox.closed().await.code, protocol::close_code::SLOW_CONSUMER);
+        assert_eq!(
+            outbox.closed().await.code,
+            protocol::close_code::SLOW_CONSUMER
+        );
     }
 }

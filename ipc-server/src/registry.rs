@@ -45,7 +45,11 @@ pub struct LazyFrame<'a> {
 
 impl<'a> LazyFrame<'a> {
     pub fn new(frame: ServerFrame<'a>) -> Self {
-        LazyFrame { frame, binary: None, json: None }
+        LazyFrame {
+            frame,
+            binary: None,
+            json: None,
+        }
     }
 
     /// The frame as a websocket message in `encoding` (cheap clone after the first call).
@@ -54,7 +58,8 @@ impl<'a> LazyFrame<'a> {
             Encoding::Binary => &mut self.binary,
             Encoding::Json => &mut self.json,
         };
-        slot.get_or_insert_with(|| encode(&self.frame, encoding)).clone()
+        slot.get_or_insert_with(|| encode(&self.frame, encoding))
+            .clone()
     }
 }
 
@@ -106,7 +111,13 @@ impl Namespace {
 
     /// Every peer except the one with connection id `except`.
     pub fn others(&self, except: u64) -> Vec<Arc<Peer>> {
-        self.state.read().peers.values().filter(|p| p.conn != except).cloned().collect()
+        self.state
+            .read()
+            .peers
+            .values()
+            .filter(|p| p.conn != except)
+            .cloned()
+            .collect()
     }
 
     /// Every subscriber whose pattern matches `subject`, once each.
@@ -145,7 +156,15 @@ impl Namespace {
         let mut list: Vec<_> = state
             .peers
             .values()
-            .map(|p| (p.id.clone(), p.epoch, p.encoding, p.patterns.lock().len(), p.connected_at))
+            .map(|p| {
+                (
+                    p.id.clone(),
+                    p.epoch,
+                    p.encoding,
+                    p.patterns.lock().len(),
+                    p.connected_at,
+                )
+            })
             .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         list
@@ -161,7 +180,11 @@ impl Namespace {
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     #[error("peer id {id:?} is already connected to namespace {namespace:?} (session epoch {epoch}); a second connection with the same id is refused until the first one is gone")]
-    Duplicate { namespace: String, id: String, epoch: u64 },
+    Duplicate {
+        namespace: String,
+        id: String,
+        epoch: u64,
+    },
 }
 
 /// All namespaces of the server.
@@ -229,7 +252,10 @@ impl Registry {
         let mut members: Vec<Member<'_>> = state
             .peers
             .values()
-            .map(|p| Member { id: p.id.as_ref().into(), epoch: p.epoch })
+            .map(|p| Member {
+                id: p.id.as_ref().into(),
+                epoch: p.epoch,
+            })
             .collect();
         members.sort_by(|a, b| a.id.cmp(&b.id));
         let welcome = ServerFrame::Welcome(Welcome {
@@ -241,7 +267,10 @@ impl Registry {
             members,
         });
         peer.outbox.push_control(encode(&welcome, peer.encoding));
-        let mut joined = LazyFrame::new(ServerFrame::Joined { peer: req.id.into(), epoch: peer.epoch });
+        let mut joined = LazyFrame::new(ServerFrame::Joined {
+            peer: req.id.into(),
+            epoch: peer.epoch,
+        });
         for other in state.peers.values() {
             other.outbox.push_control(joined.get(other.encoding));
         }
@@ -263,7 +292,11 @@ impl Registry {
         for pattern in peer.patterns.lock().drain(..) {
             state.subjects.remove(&pattern, peer.conn);
         }
-        let mut left = LazyFrame::new(ServerFrame::Left { peer: peer.id.as_ref().into(), epoch: peer.epoch, reason });
+        let mut left = LazyFrame::new(ServerFrame::Left {
+            peer: peer.id.as_ref().into(),
+            epoch: peer.epoch,
+            reason,
+        });
         for other in state.peers.values() {
             other.outbox.push_control(left.get(other.encoding));
         }
@@ -283,8 +316,10 @@ impl Registry {
     /// (name, peer count) of every namespace, sorted by name.
     pub fn census(&self) -> Vec<(String, usize)> {
         let namespaces: Vec<Arc<Namespace>> = self.namespaces.lock().values().cloned().collect();
-        let mut out: Vec<(String, usize)> =
-            namespaces.iter().map(|ns| (ns.name.to_string(), ns.len())).collect();
+        let mut out: Vec<(String, usize)> = namespaces
+            .iter()
+            .map(|ns| (ns.name.to_string(), ns.len()))
+            .collect();
         out.sort();
         out
     }

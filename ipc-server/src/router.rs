@@ -60,7 +60,13 @@ struct RequestInfo<'a> {
 
 impl Session {
     pub fn new(ns: Arc<Namespace>, me: Arc<Peer>, metrics: Arc<Metrics>, limits: Limits) -> Self {
-        Session { ns, me, metrics, limits, cache: RouteCache::default() }
+        Session {
+            ns,
+            me,
+            metrics,
+            limits,
+            cache: RouteCache::default(),
+        }
     }
 
     fn count(&self, counter: Counter, n: u64) {
@@ -78,8 +84,15 @@ impl Session {
             ErrorCode::InvalidName => Counter::ErrInvalidName,
         };
         self.count(counter, 1);
-        let frame = ServerFrame::Error { code, corr, target: target.into(), message: message.into() };
-        self.me.outbox.push_control(encode(&frame, self.me.encoding));
+        let frame = ServerFrame::Error {
+            code,
+            corr,
+            target: target.into(),
+            message: message.into(),
+        };
+        self.me
+            .outbox
+            .push_control(encode(&frame, self.me.encoding));
     }
 
     fn peer(&mut self, id: &str) -> Option<Arc<Peer>> {
@@ -105,7 +118,10 @@ impl Session {
     fn others(&mut self) -> Arc<[Arc<Peer>]> {
         self.cache.sync(self.ns.generation());
         let me = self.me.conn;
-        self.cache.others.get_or_insert_with(|| self.ns.others(me).into()).clone()
+        self.cache
+            .others
+            .get_or_insert_with(|| self.ns.others(me).into())
+            .clone()
     }
 
     fn payload_ok(&self, payload: &[u8], corr: u64) -> bool {
@@ -114,7 +130,11 @@ impl Session {
                 ErrorCode::PayloadTooLarge,
                 corr,
                 "",
-                format!("payload of {} bytes exceeds the maximum of {}", payload.len(), self.limits.max_payload),
+                format!(
+                    "payload of {} bytes exceeds the maximum of {}",
+                    payload.len(),
+                    self.limits.max_payload
+                ),
             );
             return false;
         }
@@ -130,7 +150,10 @@ impl Session {
                 }
                 match self.peer(&to) {
                     Some(dest) => {
-                        let frame = ServerFrame::Message { from: self.me.id.as_ref().into(), payload };
+                        let frame = ServerFrame::Message {
+                            from: self.me.id.as_ref().into(),
+                            payload,
+                        };
                         self.deliver(&[dest], LazyFrame::new(frame), None).await;
                     }
                     None => self.unknown_peer(&to, 0),
@@ -141,7 +164,10 @@ impl Session {
                     return;
                 }
                 let dests = self.others();
-                let frame = ServerFrame::Broadcast { from: self.me.id.as_ref().into(), payload };
+                let frame = ServerFrame::Broadcast {
+                    from: self.me.id.as_ref().into(),
+                    payload,
+                };
                 self.deliver(&dests, LazyFrame::new(frame), None).await;
             }
             ClientFrame::Publish { subject, payload } => {
@@ -155,7 +181,11 @@ impl Session {
                 if dests.is_empty() {
                     return;
                 }
-                let frame = ServerFrame::Published { from: self.me.id.as_ref().into(), subject, payload };
+                let frame = ServerFrame::Published {
+                    from: self.me.id.as_ref().into(),
+                    subject,
+                    payload,
+                };
                 self.deliver(&dests, LazyFrame::new(frame), None).await;
             }
             ClientFrame::Subscribe { pattern } => match protocol::validate_pattern(&pattern) {
@@ -163,24 +193,32 @@ impl Session {
                 Err(e) => self.error(ErrorCode::InvalidName, 0, &pattern, e.to_string()),
             },
             ClientFrame::Unsubscribe { pattern } => self.ns.unsubscribe(&self.me, &pattern),
-            ClientFrame::Request { corr, target, timeout_ms, payload } => {
-                self.request(corr, target, timeout_ms, payload).await
-            }
+            ClientFrame::Request {
+                corr,
+                target,
+                timeout_ms,
+                payload,
+            } => self.request(corr, target, timeout_ms, payload).await,
             ClientFrame::Reply { to, corr, payload } => {
                 if !self.payload_ok(&payload, corr) {
                     return;
                 }
                 match self.peer(&to) {
                     Some(dest) => {
-                        let frame = ServerFrame::Reply { from: self.me.id.as_ref().into(), corr, payload };
+                        let frame = ServerFrame::Reply {
+                            from: self.me.id.as_ref().into(),
+                            corr,
+                            payload,
+                        };
                         self.deliver(&[dest], LazyFrame::new(frame), None).await;
                     }
                     None => self.unknown_peer(&to, corr),
                 }
             }
-            ClientFrame::Ping { nonce } => {
-                self.me.outbox.push_control(encode(&ServerFrame::Pong { nonce }, self.me.encoding))
-            }
+            ClientFrame::Ping { nonce } => self
+                .me
+                .outbox
+                .push_control(encode(&ServerFrame::Pong { nonce }, self.me.encoding)),
         }
     }
 
@@ -193,13 +231,24 @@ impl Session {
         );
     }
 
-    async fn request(&mut self, corr: u64, target: Target<'_>, timeout_ms: u32, payload: Cow<'_, [u8]>) {
+    async fn request(
+        &mut self,
+        corr: u64,
+        target: Target<'_>,
+        timeout_ms: u32,
+        payload: Cow<'_, [u8]>,
+    ) {
         let name = match &target {
             Target::Peer(p) => p.as_ref(),
             Target::Subject(s) => s.as_ref(),
         };
         if timeout_ms == 0 {
-            return self.error(ErrorCode::DeadlineExceeded, corr, name, "request timeout is 0 ms".into());
+            return self.error(
+                ErrorCode::DeadlineExceeded,
+                corr,
+                name,
+                "request timeout is 0 ms".into(),
+            );
         }
         if !self.payload_ok(&payload, corr) {
             return;
@@ -227,14 +276,30 @@ impl Session {
                 (responders[pick].clone(), Some(subject.clone()))
             }
         };
-        let frame = ServerFrame::Request { from: self.me.id.as_ref().into(), corr, subject, timeout_ms, payload };
-        let info = RequestInfo { deadline, corr, target: name };
-        self.deliver(&[dest], LazyFrame::new(frame), Some(info)).await;
+        let frame = ServerFrame::Request {
+            from: self.me.id.as_ref().into(),
+            corr,
+            subject,
+            timeout_ms,
+            payload,
+        };
+        let info = RequestInfo {
+            deadline,
+            corr,
+            target: name,
+        };
+        self.deliver(&[dest], LazyFrame::new(frame), Some(info))
+            .await;
     }
 
     /// Queues `frame` for every destination, waiting (flow control) where a queue is full. A
     /// destination whose queue stays full for the slow-consumer timeout is disconnected.
-    async fn deliver(&self, dests: &[Arc<Peer>], mut frame: LazyFrame<'_>, request: Option<RequestInfo<'_>>) {
+    async fn deliver(
+        &self,
+        dests: &[Arc<Peer>],
+        mut frame: LazyFrame<'_>,
+        request: Option<RequestInfo<'_>>,
+    ) {
         let mut delivered = 0u64;
         let mut bytes = 0u64;
         for dest in dests {

@@ -44,7 +44,11 @@ impl Server {
             queue_bytes: settings.queue_bytes,
             started: Instant::now(),
         });
-        Ok(Server { listener, tls: settings.tls, shared })
+        Ok(Server {
+            listener,
+            tls: settings.tls,
+            shared,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -135,21 +139,41 @@ where
         ("GET", "/health") => health(&mut stream, &shared).await,
         ("GET", "/metrics") => {
             let text = shared.metrics.render(&shared.registry.census());
-            respond(&mut stream, 200, "text/plain; version=0.0.4", &[], text.as_bytes()).await
+            respond(
+                &mut stream,
+                200,
+                "text/plain; version=0.0.4",
+                &[],
+                text.as_bytes(),
+            )
+            .await
         }
         (method, path) => match protocol::parse_connect_path(path) {
             Some(cp) if method != "GET" => {
                 let _ = cp;
                 let body = error_body("method_not_allowed", "use GET", None);
-                respond(&mut stream, 405, "application/json", &[("Allow", "GET")], &body).await
+                respond(
+                    &mut stream,
+                    405,
+                    "application/json",
+                    &[("Allow", "GET")],
+                    &body,
+                )
+                .await
             }
-            Some(cp) if cp.rest == "peers" => peers(&mut stream, &shared, &req, cp.version, cp.namespace).await,
+            Some(cp) if cp.rest == "peers" => {
+                peers(&mut stream, &shared, &req, cp.version, cp.namespace).await
+            }
             Some(cp) if cp.rest.is_empty() => {
                 let (version, namespace) = (cp.version, cp.namespace.to_owned());
                 return connect(stream, req, version, namespace, shared, shutdown).await;
             }
             _ => {
-                let body = error_body("not_found", "no such endpoint; peers connect to /ipc/v1/<namespace>?id=<peer id>", None);
+                let body = error_body(
+                    "not_found",
+                    "no such endpoint; peers connect to /ipc/v1/<namespace>?id=<peer id>",
+                    None,
+                );
                 respond(&mut stream, 404, "application/json", &[], &body).await
             }
         },
@@ -169,11 +193,22 @@ async fn health<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared) -> std::
         "namespaces": census.len(),
         "peers": census.iter().map(|(_, n)| n).sum::<usize>(),
     });
-    respond(stream, 200, "application/json", &[], body.to_string().as_bytes()).await
+    respond(
+        stream,
+        200,
+        "application/json",
+        &[],
+        body.to_string().as_bytes(),
+    )
+    .await
 }
 
 /// Refuses `req` if the server has a token and the request does not carry it.
-async fn check_token<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, req: &Request) -> bool {
+async fn check_token<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &Shared,
+    req: &Request,
+) -> bool {
     match &shared.token {
         Some(token) if !token.admits(req) => {
             shared.metrics.add(0, Counter::HandshakeUnauthorized, 1);
@@ -182,14 +217,27 @@ async fn check_token<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, req
                 "a valid token is required: send it as 'Authorization: Bearer <token>' or as the websocket subprotocol 'bearer.<token>'",
                 None,
             );
-            let _ = respond(stream, 401, "application/json", &[("WWW-Authenticate", "Bearer")], &body).await;
+            let _ = respond(
+                stream,
+                401,
+                "application/json",
+                &[("WWW-Authenticate", "Bearer")],
+                &body,
+            )
+            .await;
             false
         }
         _ => true,
     }
 }
 
-async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, status: u16, code: &str, message: &str) {
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &Shared,
+    status: u16,
+    code: &str,
+    message: &str,
+) {
     shared.metrics.add(0, Counter::HandshakeRejected, 1);
     let body = error_body(code, message, None);
     let _ = respond(stream, status, "application/json", &[], &body).await;
@@ -197,10 +245,16 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, status: 
 
 async fn unsupported_version<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, version: u32) {
     shared.metrics.add(0, Counter::HandshakeRejected, 1);
-    let supported: Vec<String> = protocol::SUPPORTED_VERSIONS.iter().map(|v| format!("v{v}")).collect();
+    let supported: Vec<String> = protocol::SUPPORTED_VERSIONS
+        .iter()
+        .map(|v| format!("v{v}"))
+        .collect();
     let body = error_body(
         "unsupported_version",
-        &format!("protocol version v{version} is not supported; this server speaks {}", supported.join(", ")),
+        &format!(
+            "protocol version v{version} is not supported; this server speaks {}",
+            supported.join(", ")
+        ),
         Some(("supported", serde_json::json!(supported))),
     );
     let _ = respond(stream, 400, "application/json", &[], &body).await;
@@ -228,7 +282,10 @@ async fn peers<S: AsyncWrite + Unpin>(
         .unwrap_or_default()
         .into_iter()
         .map(|(id, epoch, encoding, subscriptions, since)| {
-            let since_ms = since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            let since_ms = since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
             serde_json::json!({
                 "id": id.as_ref(),
                 "epoch": epoch,
@@ -239,7 +296,14 @@ async fn peers<S: AsyncWrite + Unpin>(
         })
         .collect();
     let body = serde_json::json!({ "namespace": namespace, "peers": list });
-    respond(stream, 200, "application/json", &[], body.to_string().as_bytes()).await
+    respond(
+        stream,
+        200,
+        "application/json",
+        &[],
+        body.to_string().as_bytes(),
+    )
+    .await
 }
 
 /// A websocket connect: every check that can refuse happens here, with an HTTP status, before
@@ -261,10 +325,24 @@ async fn connect<S>(
         return;
     }
     if let Err(e) = protocol::validate_namespace(&namespace) {
-        return refuse(&mut stream, &shared, 400, "invalid_namespace", &e.to_string()).await;
+        return refuse(
+            &mut stream,
+            &shared,
+            400,
+            "invalid_namespace",
+            &e.to_string(),
+        )
+        .await;
     }
     let Some(id) = req.query("id").map(str::to_owned) else {
-        return refuse(&mut stream, &shared, 400, "missing_peer_id", "add ?id=<peer id> to the connect URL").await;
+        return refuse(
+            &mut stream,
+            &shared,
+            400,
+            "missing_peer_id",
+            "add ?id=<peer id> to the connect URL",
+        )
+        .await;
     };
     if let Err(e) = protocol::validate_peer_id(&id) {
         return refuse(&mut stream, &shared, 400, "invalid_peer_id", &e.to_string()).await;
@@ -272,28 +350,60 @@ async fn connect<S>(
     let offered: Vec<String> = subprotocols(&req).map(str::to_owned).collect();
     let encoding = match req.query("encoding") {
         Some("json") => Encoding::Json,
-        Some("binary") | Some("bincode") | None if !offered.iter().any(|p| p == "ipc.v1.json") => Encoding::Binary,
+        Some("binary") | Some("bincode") | None if !offered.iter().any(|p| p == "ipc.v1.json") => {
+            Encoding::Binary
+        }
         None => Encoding::Json,
         Some(other) => {
             let message = format!("unknown encoding {other:?}; use json or binary");
             return refuse(&mut stream, &shared, 400, "invalid_encoding", &message).await;
         }
     };
-    let is_upgrade = req.header_has_token("connection", "upgrade") && req.header_has_token("upgrade", "websocket");
+    let is_upgrade = req.header_has_token("connection", "upgrade")
+        && req.header_has_token("upgrade", "websocket");
     if !is_upgrade {
         shared.metrics.add(0, Counter::HandshakeRejected, 1);
-        let body = error_body("upgrade_required", "this endpoint speaks websocket only", None);
-        let _ = respond(&mut stream, 426, "application/json", &[("Upgrade", "websocket")], &body).await;
+        let body = error_body(
+            "upgrade_required",
+            "this endpoint speaks websocket only",
+            None,
+        );
+        let _ = respond(
+            &mut stream,
+            426,
+            "application/json",
+            &[("Upgrade", "websocket")],
+            &body,
+        )
+        .await;
         return;
     }
     if req.header("sec-websocket-version").map(str::trim) != Some("13") {
         shared.metrics.add(0, Counter::HandshakeRejected, 1);
-        let body = error_body("unsupported_websocket_version", "Sec-WebSocket-Version must be 13", None);
-        let _ = respond(&mut stream, 426, "application/json", &[("Sec-WebSocket-Version", "13")], &body).await;
+        let body = error_body(
+            "unsupported_websocket_version",
+            "Sec-WebSocket-Version must be 13",
+            None,
+        );
+        let _ = respond(
+            &mut stream,
+            426,
+            "application/json",
+            &[("Sec-WebSocket-Version", "13")],
+            &body,
+        )
+        .await;
         return;
     }
     let Some(key) = req.header("sec-websocket-key").map(|k| k.trim().to_owned()) else {
-        return refuse(&mut stream, &shared, 400, "bad_handshake", "missing Sec-WebSocket-Key").await;
+        return refuse(
+            &mut stream,
+            &shared,
+            400,
+            "bad_handshake",
+            "missing Sec-WebSocket-Key",
+        )
+        .await;
     };
     // Browsers require the server to pick one of the offered subprotocols.
     let chosen = ["ipc.v1.json", "ipc.v1"]
@@ -329,14 +439,19 @@ async fn connect<S>(
     }
     head.push_str("\r\n");
     if stream.write_all(head.as_bytes()).await.is_err() || stream.flush().await.is_err() {
-        shared.registry.leave(&ns, &peer, protocol::LeaveReason::ConnectionLost);
+        shared
+            .registry
+            .leave(&ns, &peer, protocol::LeaveReason::ConnectionLost);
         return;
     }
     shared.metrics.add(peer.conn, Counter::Connections, 1);
     tracing::debug!(namespace = %namespace, peer = %id, epoch = peer.epoch, "peer joined");
     let hard_cap = shared.limits.max_payload as usize + 64 * 1024;
-    let config = WebSocketConfig::default().max_message_size(Some(hard_cap)).max_frame_size(Some(hard_cap));
-    let ws = WebSocketStream::from_partially_read(stream, req.rest, Role::Server, Some(config)).await;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(hard_cap))
+        .max_frame_size(Some(hard_cap));
+    let ws =
+        WebSocketStream::from_partially_read(stream, req.rest, Role::Server, Some(config)).await;
     let session = Session::new(ns, peer, shared.metrics.clone(), shared.limits.clone());
     crate::connection::run(ws, session, shared, shutdown).await;
 }

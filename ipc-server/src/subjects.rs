@@ -19,13 +19,21 @@ struct Node<T> {
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Node { literal: HashMap::new(), star: None, here: Vec::new(), rest: Vec::new() }
+        Node {
+            literal: HashMap::new(),
+            star: None,
+            here: Vec::new(),
+            rest: Vec::new(),
+        }
     }
 }
 
 impl<T> Node<T> {
     fn is_empty(&self) -> bool {
-        self.literal.is_empty() && self.star.is_none() && self.here.is_empty() && self.rest.is_empty()
+        self.literal.is_empty()
+            && self.star.is_none()
+            && self.here.is_empty()
+            && self.rest.is_empty()
     }
 }
 
@@ -38,7 +46,10 @@ pub struct SubjectIndex<T> {
 
 impl<T> Default for SubjectIndex<T> {
     fn default() -> Self {
-        SubjectIndex { root: Node::default(), len: 0 }
+        SubjectIndex {
+            root: Node::default(),
+            len: 0,
+        }
     }
 }
 

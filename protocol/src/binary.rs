@@ -63,18 +63,34 @@ mod tests {
     #[test]
     fn client_frames_round_trip_and_borrow() {
         let frames = [
-            ClientFrame::Send { to: "b".into(), payload: Cow::Borrowed(b"hi") },
-            ClientFrame::Broadcast { payload: Cow::Borrowed(b"") },
-            ClientFrame::Publish { subject: "a.b".into(), payload: Cow::Borrowed(&[0, 1, 2]) },
-            ClientFrame::Subscribe { pattern: "a.*".into() },
-            ClientFrame::Unsubscribe { pattern: "a.>".into() },
+            ClientFrame::Send {
+                to: "b".into(),
+                payload: Cow::Borrowed(b"hi"),
+            },
+            ClientFrame::Broadcast {
+                payload: Cow::Borrowed(b""),
+            },
+            ClientFrame::Publish {
+                subject: "a.b".into(),
+                payload: Cow::Borrowed(&[0, 1, 2]),
+            },
+            ClientFrame::Subscribe {
+                pattern: "a.*".into(),
+            },
+            ClientFrame::Unsubscribe {
+                pattern: "a.>".into(),
+            },
             ClientFrame::Request {
                 corr: 7,
                 target: Target::Subject("svc".into()),
                 timeout_ms: 250,
                 payload: Cow::Borrowed(b"q"),
             },
-            ClientFrame::Reply { to: "a".into(), corr: 7, payload: Cow::Borrowed(b"r") },
+            ClientFrame::Reply {
+                to: "a".into(),
+                corr: 7,
+                payload: Cow::Borrowed(b"r"),
+            },
             ClientFrame::Ping { nonce: 9 },
         ];
         for frame in frames {
@@ -82,7 +98,10 @@ mod tests {
             let back = decode_client(&bytes).expect("decodes");
             assert_eq!(back, frame);
             if let ClientFrame::Send { payload, to } = back {
-                assert!(matches!(payload, Cow::Borrowed(_)), "payload must not be copied");
+                assert!(
+                    matches!(payload, Cow::Borrowed(_)),
+                    "payload must not be copied"
+                );
                 assert!(matches!(to, Cow::Borrowed(_)));
             }
         }
@@ -91,7 +110,10 @@ mod tests {
     #[test]
     fn documented_layout_of_send() {
         // Send = variant 0; "to" = u64 length + bytes; payload = u64 length + bytes.
-        let bytes = encode_client(&ClientFrame::Send { to: "b".into(), payload: Cow::Borrowed(b"xy") });
+        let bytes = encode_client(&ClientFrame::Send {
+            to: "b".into(),
+            payload: Cow::Borrowed(b"xy"),
+        });
         let mut expected = vec![0, 0, 0, 0];
         expected.extend_from_slice(&1u64.to_le_bytes());
         expected.push(b'b');
@@ -106,7 +128,10 @@ mod tests {
         assert!(decode_client(&[]).is_err());
         let mut bytes = encode_client(&ClientFrame::Ping { nonce: 1 });
         bytes.push(0);
-        assert!(matches!(decode_client(&bytes), Err(DecodeError::TrailingBytes(1))));
+        assert!(matches!(
+            decode_client(&bytes),
+            Err(DecodeError::TrailingBytes(1))
+        ));
         // A length prefix pointing far past the end must fail cleanly, not allocate.
         let mut huge = vec![0, 0, 0, 0];
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
@@ -122,9 +147,16 @@ mod tests {
                 epoch: 3,
                 max_payload: 1024,
                 keepalive_ms: 10_000,
-                members: vec![Member { id: "b".into(), epoch: 2 }],
+                members: vec![Member {
+                    id: "b".into(),
+                    epoch: 2,
+                }],
             }),
-            ServerFrame::Left { peer: "b".into(), epoch: 2, reason: LeaveReason::SlowConsumer },
+            ServerFrame::Left {
+                peer: "b".into(),
+                epoch: 2,
+                reason: LeaveReason::SlowConsumer,
+            },
             ServerFrame::Request {
                 from: "a".into(),
                 corr: 1,
@@ -141,7 +173,10 @@ mod tests {
             ServerFrame::Pong { nonce: 4 },
         ];
         for frame in frames {
-            assert_eq!(decode_server(&encode_server(&frame)).expect("decodes"), frame);
+            assert_eq!(
+                decode_server(&encode_server(&frame)).expect("decodes"),
+                frame
+            );
         }
     }
 }

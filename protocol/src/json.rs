@@ -59,16 +59,23 @@ pub fn decode_client(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
         }
     };
     Ok(match kind {
-        "send" => ClientFrame::Send { to: need(frame.to.clone(), "to", kind)?, payload: payload()? },
-        "broadcast" => ClientFrame::Broadcast { payload: payload()? },
+        "send" => ClientFrame::Send {
+            to: need(frame.to.clone(), "to", kind)?,
+            payload: payload()?,
+        },
+        "broadcast" => ClientFrame::Broadcast {
+            payload: payload()?,
+        },
         "publish" => ClientFrame::Publish {
             subject: need(frame.subject.clone(), "subject", kind)?,
             payload: payload()?,
         },
-        "subscribe" => ClientFrame::Subscribe { pattern: need(frame.pattern.clone(), "pattern", kind)? },
-        "unsubscribe" => {
-            ClientFrame::Unsubscribe { pattern: need(frame.pattern.clone(), "pattern", kind)? }
-        }
+        "subscribe" => ClientFrame::Subscribe {
+            pattern: need(frame.pattern.clone(), "pattern", kind)?,
+        },
+        "unsubscribe" => ClientFrame::Unsubscribe {
+            pattern: need(frame.pattern.clone(), "pattern", kind)?,
+        },
         "request" => {
             let target = match (&frame.to, &frame.subject) {
                 (Some(to), None) => Target::Peer(to.clone()),
@@ -87,7 +94,9 @@ pub fn decode_client(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
             corr: need(frame.corr, "corr", kind)?,
             payload: payload()?,
         },
-        "ping" => ClientFrame::Ping { nonce: frame.nonce.unwrap_or(0) },
+        "ping" => ClientFrame::Ping {
+            nonce: frame.nonce.unwrap_or(0),
+        },
         other => {
             return Err(DecodeError::Json(serde::de::Error::custom(format!(
                 "unknown frame type \"{other}\""
@@ -152,43 +161,70 @@ impl<'a> JsonOut<'a> {
 /// Encodes a server frame as a JSON text frame.
 pub fn encode_server(frame: &ServerFrame<'_>) -> String {
     let out = match frame {
-        ServerFrame::Welcome(Welcome { version, peer, epoch, max_payload, keepalive_ms, members }) => {
-            JsonOut {
-                kind: "welcome",
-                version: Some(*version),
-                peer: Some(peer),
-                epoch: Some(*epoch),
-                max_payload: Some(*max_payload),
-                keepalive_ms: Some(*keepalive_ms),
-                members: Some(members),
-                ..JsonOut::default()
-            }
-        }
-        ServerFrame::Joined { peer, epoch } => {
-            JsonOut { kind: "joined", peer: Some(peer), epoch: Some(*epoch), ..JsonOut::default() }
-        }
-        ServerFrame::Left { peer, epoch, reason } => JsonOut {
+        ServerFrame::Welcome(Welcome {
+            version,
+            peer,
+            epoch,
+            max_payload,
+            keepalive_ms,
+            members,
+        }) => JsonOut {
+            kind: "welcome",
+            version: Some(*version),
+            peer: Some(peer),
+            epoch: Some(*epoch),
+            max_payload: Some(*max_payload),
+            keepalive_ms: Some(*keepalive_ms),
+            members: Some(members),
+            ..JsonOut::default()
+        },
+        ServerFrame::Joined { peer, epoch } => JsonOut {
+            kind: "joined",
+            peer: Some(peer),
+            epoch: Some(*epoch),
+            ..JsonOut::default()
+        },
+        ServerFrame::Left {
+            peer,
+            epoch,
+            reason,
+        } => JsonOut {
             kind: "left",
             peer: Some(peer),
             epoch: Some(*epoch),
             reason: Some(*reason),
             ..JsonOut::default()
         },
-        ServerFrame::Message { from, payload } => {
-            JsonOut { kind: "message", from: Some(from), ..JsonOut::default() }.with_payload(payload)
+        ServerFrame::Message { from, payload } => JsonOut {
+            kind: "message",
+            from: Some(from),
+            ..JsonOut::default()
         }
-        ServerFrame::Broadcast { from, payload } => {
-            JsonOut { kind: "broadcast", from: Some(from), ..JsonOut::default() }
-                .with_payload(payload)
+        .with_payload(payload),
+        ServerFrame::Broadcast { from, payload } => JsonOut {
+            kind: "broadcast",
+            from: Some(from),
+            ..JsonOut::default()
         }
-        ServerFrame::Published { from, subject, payload } => JsonOut {
+        .with_payload(payload),
+        ServerFrame::Published {
+            from,
+            subject,
+            payload,
+        } => JsonOut {
             kind: "published",
             from: Some(from),
             subject: Some(Some(subject)),
             ..JsonOut::default()
         }
         .with_payload(payload),
-        ServerFrame::Request { from, corr, subject, timeout_ms, payload } => JsonOut {
+        ServerFrame::Request {
+            from,
+            corr,
+            subject,
+            timeout_ms,
+            payload,
+        } => JsonOut {
             kind: "request",
             from: Some(from),
             corr: Some(*corr),
@@ -197,11 +233,23 @@ pub fn encode_server(frame: &ServerFrame<'_>) -> String {
             ..JsonOut::default()
         }
         .with_payload(payload),
-        ServerFrame::Reply { from, corr, payload } => {
-            JsonOut { kind: "reply", from: Some(from), corr: Some(*corr), ..JsonOut::default() }
-                .with_payload(payload)
+        ServerFrame::Reply {
+            from,
+            corr,
+            payload,
+        } => JsonOut {
+            kind: "reply",
+            from: Some(from),
+            corr: Some(*corr),
+            ..JsonOut::default()
         }
-        ServerFrame::Error { code, corr, target, message } => JsonOut {
+        .with_payload(payload),
+        ServerFrame::Error {
+            code,
+            corr,
+            target,
+            message,
+        } => JsonOut {
             kind: "error",
             code: Some(*code),
             corr: Some(*corr),
@@ -209,7 +257,11 @@ pub fn encode_server(frame: &ServerFrame<'_>) -> String {
             message: Some(message),
             ..JsonOut::default()
         },
-        ServerFrame::Pong { nonce } => JsonOut { kind: "pong", nonce: Some(*nonce), ..JsonOut::default() },
+        ServerFrame::Pong { nonce } => JsonOut {
+            kind: "pong",
+            nonce: Some(*nonce),
+            ..JsonOut::default()
+        },
     };
     // Every field is a plain string, number or already-valid raw JSON: this cannot fail.
     serde_json::to_string(&out).unwrap_or_default()
@@ -224,26 +276,49 @@ mod tests {
         let f = decode_client(r#"{"type":"send","to":"b","data":{"x":[1,2]}}"#).expect("send");
         assert_eq!(
             f,
-            ClientFrame::Send { to: "b".into(), payload: Cow::Borrowed(br#"{"x":[1,2]}"#) }
+            ClientFrame::Send {
+                to: "b".into(),
+                payload: Cow::Borrowed(br#"{"x":[1,2]}"#)
+            }
         );
-        let f = decode_client(r#"{"type":"publish","subject":"a.b","data_b64":"AAEC"}"#).expect("pub");
+        let f =
+            decode_client(r#"{"type":"publish","subject":"a.b","data_b64":"AAEC"}"#).expect("pub");
         assert_eq!(
             f,
-            ClientFrame::Publish { subject: "a.b".into(), payload: Cow::Owned(vec![0, 1, 2]) }
+            ClientFrame::Publish {
+                subject: "a.b".into(),
+                payload: Cow::Owned(vec![0, 1, 2])
+            }
         );
         let f = decode_client(r#"{"type":"request","corr":5,"subject":"svc","timeout_ms":100}"#)
             .expect("request");
-        assert!(matches!(f, ClientFrame::Request { corr: 5, target: Target::Subject(_), .. }));
-        assert!(decode_client(r#"{"type":"send","data":1}"#).is_err(), "missing to");
+        assert!(matches!(
+            f,
+            ClientFrame::Request {
+                corr: 5,
+                target: Target::Subject(_),
+                ..
+            }
+        ));
+        assert!(
+            decode_client(r#"{"type":"send","data":1}"#).is_err(),
+            "missing to"
+        );
         assert!(decode_client(r#"{"type":"teleport"}"#).is_err());
         assert!(decode_client("not json").is_err());
     }
 
     #[test]
     fn json_server_frames_pick_data_or_base64() {
-        let text = encode_server(&ServerFrame::Message { from: "a".into(), payload: Cow::Borrowed(b"[1,2]") });
+        let text = encode_server(&ServerFrame::Message {
+            from: "a".into(),
+            payload: Cow::Borrowed(b"[1,2]"),
+        });
         assert_eq!(text, r#"{"type":"message","from":"a","data":[1,2]}"#);
-        let text = encode_server(&ServerFrame::Message { from: "a".into(), payload: Cow::Borrowed(&[0xff, 0]) });
+        let text = encode_server(&ServerFrame::Message {
+            from: "a".into(),
+            payload: Cow::Borrowed(&[0xff, 0]),
+        });
         assert_eq!(text, r#"{"type":"message","from":"a","data_b64":"/wA="}"#);
         let text = encode_server(&ServerFrame::Request {
             from: "a".into(),

@@ -12,7 +12,12 @@ pub enum NameError {
     #[error("{what} is longer than {MAX_NAME_LEN} bytes")]
     TooLong { what: &'static str },
     #[error("{what} {name:?} contains {ch:?}; allowed are letters, digits and {allowed}")]
-    BadChar { what: &'static str, name: String, ch: char, allowed: &'static str },
+    BadChar {
+        what: &'static str,
+        name: String,
+        ch: char,
+        allowed: &'static str,
+    },
     #[error("{what} {name:?} has an empty token (two dots, or a dot at an end)")]
     EmptyToken { what: &'static str, name: String },
     #[error("pattern {0:?}: '>' may only be the last token and '*'/'>' must be whole tokens")]
@@ -26,8 +31,16 @@ fn check_chars(what: &'static str, name: &str, extra: &'static str) -> Result<()
     if name.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong { what });
     }
-    match name.chars().find(|c| !(c.is_ascii_alphanumeric() || extra.contains(*c))) {
-        Some(ch) => Err(NameError::BadChar { what, name: name.to_owned(), ch, allowed: extra }),
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(*c)))
+    {
+        Some(ch) => Err(NameError::BadChar {
+            what,
+            name: name.to_owned(),
+            ch,
+            allowed: extra,
+        }),
         None => Ok(()),
     }
 }
@@ -45,7 +58,10 @@ pub fn validate_peer_id(id: &str) -> Result<(), NameError> {
 fn check_tokens(what: &'static str, name: &str, extra: &'static str) -> Result<(), NameError> {
     check_chars(what, name, extra)?;
     if name.split('.').any(str::is_empty) {
-        return Err(NameError::EmptyToken { what, name: name.to_owned() });
+        return Err(NameError::EmptyToken {
+            what,
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
@@ -105,7 +121,11 @@ pub fn parse_connect_path(path: &str) -> Option<ConnectPath<'_>> {
     let (version, after) = after.split_once('/').unwrap_or((after, ""));
     let version = version.parse().ok()?;
     let (namespace, rest) = after.split_once('/').unwrap_or((after, ""));
-    Some(ConnectPath { version, namespace, rest })
+    Some(ConnectPath {
+        version,
+        namespace,
+        rest,
+    })
 }
 
 #[cfg(test)]
@@ -147,11 +167,19 @@ mod tests {
     fn connect_paths_parse() {
         assert_eq!(
             parse_connect_path("/ipc/v1/db"),
-            Some(ConnectPath { version: 1, namespace: "db", rest: "" })
+            Some(ConnectPath {
+                version: 1,
+                namespace: "db",
+                rest: ""
+            })
         );
         assert_eq!(
             parse_connect_path("/ipc/v2/db/peers"),
-            Some(ConnectPath { version: 2, namespace: "db", rest: "peers" })
+            Some(ConnectPath {
+                version: 2,
+                namespace: "db",
+                rest: "peers"
+            })
         );
         assert_eq!(parse_connect_path("/ipc/vx/db"), None);
         assert_eq!(parse_connect_path("/health"), None);

@@ -1,1 +1,157 @@
-fn main() {}
+//! `ipc-peer`: a command-line peer for trying a server by hand, scripting, and tests.
+//!
+//! It connects, subscribes to the given patterns, prints every event as one JSON line on
+//! stdout, answers requests by echoing them when `--echo` is set, and executes commands read
+//! from stdin, one per line:
+//!
+//! ```text
+//! send <peer> <text>        broadcast <text>        publish <subject> <text>
+//! request <peer> <text>     request-subject <subject> <text>
+//! subscribe <pattern>       unsubscribe <pattern>   quit
+//! ```
+
+use anyhow::Context as _;
+use clap::Parser;
+use ipc_client::{Client, ClientOptions, Event};
+use serde_json::json;
+use std::io::Write as _;
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Parser)]
+#[command(
+    name = "ipc-peer",
+    version,
+    about = "A command-line peer of ipc-server"
+)]
+struct Args {
+    /// Server URL (ws:// or wss://).
+    #[arg(long, env = "IPC_URL", default_value = "ws://127.0.0.1:9163")]
+    url: String,
+    /// Namespace to join.
+    #[arg(long, env = "IPC_NAMESPACE")]
+    namespace: String,
+    /// Our peer id.
+    #[arg(long, env = "IPC_PEER_ID")]
+    id: String,
+    /// Access token.
+    #[arg(long, env = "IPC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM file with a CA certificate to trust for wss://.
+    #[arg(long, env = "IPC_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Patterns to subscribe to at start.
+    #[arg(long)]
+    subscribe: Vec<String>,
+    /// Answer every request with its own payload.
+    #[arg(long)]
+    echo: bool,
+}
+
+fn print(value: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+fn text(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload).into_owned()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut opts = ClientOptions::new(&args.url, &args.namespace, &args.id);
+    opts.token = args.token.clone();
+    if let Some(path) = &args.tls_ca {
+        opts.tls_ca_pem =
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+    }
+    let (client, mut events) = Client::connect(opts).await.context("connecting")?;
+    for pattern in &args.subscribe {
+        client
+            .subscribe(pattern)
+            .await
+            .with_context(|| format!("subscribing to {pattern}"))?;
+    }
+    print(json!({"event": "ready", "epoch": client.epoch()}));
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                match event {
+                    Event::Connected { epoch, members } => print(json!({"event": "connected", "epoch": epoch, "members": members})),
+                    Event::Disconnected { reason } => print(json!({"event": "disconnected", "reason": reason})),
+                    Event::Joined { peer, epoch } => print(json!({"event": "joined", "peer": peer, "epoch": epoch})),
+                    Event::Left { peer, epoch, reason } => print(json!({"event": "left", "peer": peer, "epoch": epoch, "reason": format!("{reason:?}")})),
+                    Event::Message { from, payload } => print(json!({"event": "message", "from": from, "text": text(&payload)})),
+                    Event::Broadcast { from, payload } => print(json!({"event": "broadcast", "from": from, "text": text(&payload)})),
+                    Event::Published { from, subject, payload } => print(json!({"event": "published", "from": from, "subject": subject, "text": text(&payload)})),
+                    Event::Request(req) => {
+                        print(json!({"event": "request", "from": req.from, "corr": req.corr, "subject": req.subject, "text": text(&req.payload)}));
+                        if args.echo {
+                            let _ = client.reply(&req, &req.payload).await;
+                        }
+                    }
+                    Event::Undeliverable { code, target, message } => print(json!({"event": "undeliverable", "code": format!("{code:?}"), "target": target, "message": message})),
+                }
+            }
+            line = stdin.next_line(), if stdin_open => {
+                match line {
+                    Ok(Some(line)) => {
+                        if !command(&client, line.trim()).await {
+                            break;
+                        }
+                    }
+                    _ => stdin_open = false,
+                }
+            }
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+/// Runs one stdin command; false means quit.
+async fn command(client: &Client, line: &str) -> bool {
+    let mut parts = line.splitn(3, ' ');
+    let (verb, a, b) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    let result = match verb {
+        "" => Ok(()),
+        "quit" => return false,
+        "send" => client.send(a, b.as_bytes()).await,
+        "broadcast" => {
+            client
+                .broadcast(line.trim_start_matches("broadcast").trim().as_bytes())
+                .await
+        }
+        "publish" => client.publish(a, b.as_bytes()).await,
+        "subscribe" => client.subscribe(a).await,
+        "unsubscribe" => client.unsubscribe(a).await,
+        "request" | "request-subject" => {
+            let reply = if verb == "request" {
+                client.request(a, b.as_bytes(), None).await
+            } else {
+                client.request_subject(a, b.as_bytes(), None).await
+            };
+            match reply {
+                Ok(payload) => print(json!({"event": "reply", "text": text(&payload)})),
+                Err(e) => print(json!({"event": "request_failed", "error": e.to_string()})),
+            }
+            Ok(())
+        }
+        other => {
+            print(json!({"event": "error", "error": format!("unknown command {other:?}")}));
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        print(json!({"event": "error", "error": e.to_string()}));
+    }
+    true
+}
