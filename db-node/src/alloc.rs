@@ -4,9 +4,16 @@
 //! copy-on-write like everything else: a commit writes new copies of the bitmap pages it changed
 //! and a new index page, and retires the old ones.
 //!
+//! Rewriting bitmap pages on every commit would cost two page writes per commit, so a commit
+//! normally only appends its changes to an allocation log carried in the meta page (the
+//! "delta": allocated and freed page ids since the bitmap checkpoint). When the log is full, or
+//! the file outgrows the bitmap, the commit writes a new checkpoint and empties the log. The
+//! state of a commit is its checkpoint plus its log, both reachable from its meta page.
+//!
 //! In memory the allocator also knows what the file cannot: pages retired by recent commits that
 //! an open snapshot may still read. They are reused only after every older snapshot is gone.
 
+use crate::meta::MAX_DELTA;
 use crate::page::{self, PageId, HEADER, KIND_BITMAP, KIND_INDEX, PAGE_SIZE};
 use crate::store::Map;
 use std::collections::{BTreeSet, VecDeque};
@@ -16,6 +23,8 @@ pub const BITS_PER_PAGE: u64 = ((PAGE_SIZE - HEADER) * 8) as u64;
 const WORDS_PER_PAGE: usize = (PAGE_SIZE - HEADER) / 8;
 /// Bitmap pages one index page can list (about 63 GiB of data file).
 pub const MAX_BITMAP_PAGES: usize = (PAGE_SIZE - HEADER) / 8;
+/// Allocation-log flag: the page was allocated (else freed).
+pub const DELTA_ALLOC: u64 = 1 << 63;
 
 /// File space as a writer sees it. Today [`LocalAllocator`] serves it from the file; with a
 /// master (issue 6) the same calls are answered from the master's allocation table, which hands
@@ -37,10 +46,13 @@ pub trait SpaceAllocator: Send {
 pub struct LocalAllocator {
     bits: Vec<u64>,
     page_count: u64,
-    reusable: Vec<PageId>,
+    /// Free pages, handed out lowest first so that a commit's pages tend to be contiguous
+    /// (one write request instead of several when the commit is flushed).
+    reusable: BTreeSet<PageId>,
     retired: VecDeque<(u64, Vec<PageId>)>,
     bitmap_pages: Vec<PageId>,
     index_page: PageId,
+    delta: Vec<u64>,
 }
 
 impl LocalAllocator {
@@ -49,10 +61,11 @@ impl LocalAllocator {
         let mut a = LocalAllocator {
             bits: Vec::new(),
             page_count: 4,
-            reusable: Vec::new(),
+            reusable: BTreeSet::new(),
             retired: VecDeque::new(),
             bitmap_pages: vec![2],
             index_page: 3,
+            delta: Vec::new(),
         };
         for p in 0..4 {
             a.set(p, true);
@@ -60,8 +73,13 @@ impl LocalAllocator {
         a
     }
 
-    /// Read the bitmap of a committed state.
-    pub fn load(map: &Map, index_page: PageId, page_count: u64) -> Result<LocalAllocator, String> {
+    /// Read the bitmap checkpoint of a committed state and replay its allocation log.
+    pub fn load(
+        map: &Map,
+        index_page: PageId,
+        page_count: u64,
+        delta: &[u64],
+    ) -> Result<LocalAllocator, String> {
         let idx = map
             .page(index_page)
             .ok_or_else(|| format!("allocation index page {index_page} beyond the file end"))?;
@@ -78,10 +96,11 @@ impl LocalAllocator {
         let mut a = LocalAllocator {
             bits: vec![0; n * WORDS_PER_PAGE],
             page_count,
-            reusable: Vec::new(),
+            reusable: BTreeSet::new(),
             retired: VecDeque::new(),
             bitmap_pages: Vec::with_capacity(n),
             index_page,
+            delta: delta.to_vec(),
         };
         for i in 0..n {
             let bp = page::rd64(idx, HEADER + 8 * i);
@@ -97,9 +116,18 @@ impl LocalAllocator {
             }
             a.bitmap_pages.push(bp);
         }
+        for &d in delta {
+            let p = d & !DELTA_ALLOC;
+            if p >= page_count {
+                return Err(format!(
+                    "allocation log names page {p} beyond the file's {page_count}"
+                ));
+            }
+            a.set(p, d & DELTA_ALLOC != 0);
+        }
         for p in (0..page_count).rev() {
             if !a.get(p) {
-                a.reusable.push(p);
+                a.reusable.insert(p);
             }
         }
         if !(a.get(0) && a.get(1) && a.get(index_page)) {
@@ -132,6 +160,10 @@ impl LocalAllocator {
     pub fn bitmap_pages(&self) -> &[PageId] {
         &self.bitmap_pages
     }
+    /// Allocation changes since the bitmap checkpoint (stored in the meta page).
+    pub fn delta(&self) -> &[u64] {
+        &self.delta
+    }
     /// Pages marked in use in the committed bitmap.
     pub fn used_pages(&self) -> u64 {
         self.bits.iter().map(|w| w.count_ones() as u64).sum()
@@ -150,6 +182,22 @@ impl LocalAllocator {
         allocated: &[PageId],
         retired: &[PageId],
     ) -> Result<Vec<PageId>, String> {
+        let need = self.page_count.div_ceil(BITS_PER_PAGE) as usize;
+        if self.delta.len() + allocated.len() + retired.len() <= MAX_DELTA
+            && need <= self.bitmap_pages.len()
+        {
+            for &p in allocated {
+                self.set(p, true);
+                self.delta.push(p | DELTA_ALLOC);
+            }
+            for &p in retired {
+                self.set(p, false);
+                self.delta.push(p);
+            }
+            self.retire(txn, retired.to_vec());
+            return Ok(Vec::new());
+        }
+        self.delta.clear();
         let mut dirty = BTreeSet::new();
         for &p in allocated {
             self.set(p, true);
@@ -203,6 +251,9 @@ impl LocalAllocator {
     /// # Safety
     /// `written` must be exactly the list `commit` returned, and the map must cover them.
     pub unsafe fn write_pages(&self, map: &Map, txn: u64, written: &[PageId]) {
+        if written.is_empty() {
+            return;
+        }
         for (i, &bp) in self.bitmap_pages.iter().enumerate() {
             if !written.contains(&bp) {
                 continue;
@@ -226,7 +277,7 @@ impl LocalAllocator {
 
 impl SpaceAllocator for LocalAllocator {
     fn allocate(&mut self) -> Result<PageId, String> {
-        if let Some(p) = self.reusable.pop() {
+        if let Some(p) = self.reusable.pop_first() {
             return Ok(p);
         }
         let p = self.page_count;
@@ -237,7 +288,7 @@ impl SpaceAllocator for LocalAllocator {
         Ok(p)
     }
     fn release(&mut self, page: PageId) {
-        self.reusable.push(page);
+        self.reusable.insert(page);
     }
     fn retire(&mut self, txn: u64, pages: Vec<PageId>) {
         if !pages.is_empty() {

@@ -150,12 +150,10 @@ impl Db {
         }
         let (file, _) = DataFile::open(data_path.clone())?;
         let (meta, recovered) = choose_meta(&file)?;
-        let alloc =
-            LocalAllocator::load(&file.map, meta.alloc_index, meta.page_count).map_err(|d| {
-                Error::Corrupt {
-                    path: data_path.clone(),
-                    detail: d,
-                }
+        let alloc = LocalAllocator::load(&file.map, meta.alloc_index, meta.page_count, &meta.delta)
+            .map_err(|d| Error::Corrupt {
+                path: data_path.clone(),
+                detail: d,
             })?;
         if meta.root != 0 {
             node(&file.map, &data_path, meta.page_count, meta.root, None)?;

@@ -13,9 +13,12 @@
 //! 56  u64  fencing-token high-water mark
 //! 64  u64  number of records in the tree
 //! 72  u32  flags (bit 0: the page list below is complete)
-//! 76  u32  listed: number of (page, checksum) pairs below
-//! 80  [16] reserved (zero)
+//! 76  u32  listed: number of (page, checksum) pairs below (at most 122)
+//! 80  u32  delta: number of allocation-log entries below (at most 256)
+//! 84  [12] reserved (zero)
 //! 96  listed × (u64 page id, u64 page checksum): every page this commit wrote
+//! ..  delta × u64: allocation changes since the bitmap the index page describes, in order;
+//!     bit 63 set = page allocated, clear = page freed
 //! ```
 
 use crate::checksum::hash;
@@ -25,7 +28,9 @@ pub const MAGIC: [u8; 8] = *b"\x89DBNODE\n";
 pub const FORMAT_VERSION: u32 = 1;
 const LIST_AT: usize = 96;
 /// Most pages a meta page can list; bigger commits flush their pages before writing the meta.
-pub const MAX_LISTED: usize = (PAGE_SIZE - LIST_AT) / 16;
+pub const MAX_LISTED: usize = 122;
+/// Most allocation-log entries a meta page carries before the bitmap is rewritten.
+pub const MAX_DELTA: usize = (PAGE_SIZE - LIST_AT - 16 * MAX_LISTED) / 8;
 pub const FLAG_LIST_COMPLETE: u32 = 1;
 
 /// The decoded content of a meta page.
@@ -40,6 +45,8 @@ pub struct Meta {
     pub flags: u32,
     /// Pages written by this commit with their checksums (empty unless `FLAG_LIST_COMPLETE`).
     pub written: Vec<(PageId, u64)>,
+    /// Allocation changes since the bitmap checkpoint (see [`crate::alloc`]).
+    pub delta: Vec<u64>,
 }
 
 /// Why a meta slot is unusable.
@@ -54,8 +61,8 @@ fn rd32(p: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]])
 }
 
-fn checksum(p: &[u8], listed: usize) -> u64 {
-    hash(&p[24..LIST_AT + 16 * listed], hash(&p[..16], 7))
+fn checksum(p: &[u8], listed: usize, delta: usize) -> u64 {
+    hash(&p[24..LIST_AT + 16 * listed + 8 * delta], hash(&p[..16], 7))
 }
 
 impl Meta {
@@ -77,7 +84,13 @@ impl Meta {
             wr64(p, LIST_AT + 16 * i, *id);
             wr64(p, LIST_AT + 16 * i + 8, *sum);
         }
-        let c = checksum(p, listed);
+        let delta = self.delta.len().min(MAX_DELTA);
+        p[80..84].copy_from_slice(&(delta as u32).to_le_bytes());
+        let at = LIST_AT + 16 * listed;
+        for (i, d) in self.delta.iter().take(delta).enumerate() {
+            wr64(p, at + 8 * i, *d);
+        }
+        let c = checksum(p, listed, delta);
         wr64(p, 16, c);
     }
 
@@ -96,10 +109,13 @@ impl Meta {
             )));
         }
         let listed = rd32(p, 76) as usize;
-        if listed > MAX_LISTED {
-            return Err(MetaErr::Bad(format!("page list of {listed} entries")));
+        let delta = rd32(p, 80) as usize;
+        if listed > MAX_LISTED || delta > MAX_DELTA {
+            return Err(MetaErr::Bad(format!(
+                "page list of {listed}, log of {delta} entries"
+            )));
         }
-        if checksum(p, listed) != rd64(p, 16) {
+        if checksum(p, listed, delta) != rd64(p, 16) {
             return Err(MetaErr::Bad("meta page checksum mismatch".into()));
         }
         let m = Meta {
@@ -112,6 +128,9 @@ impl Meta {
             flags: rd32(p, 72),
             written: (0..listed)
                 .map(|i| (rd64(p, LIST_AT + 16 * i), rd64(p, LIST_AT + 16 * i + 8)))
+                .collect(),
+            delta: (0..delta)
+                .map(|i| rd64(p, LIST_AT + 16 * listed + 8 * i))
                 .collect(),
         };
         if m.page_count < 4
@@ -140,6 +159,7 @@ mod tests {
             records: 2,
             flags: FLAG_LIST_COMPLETE,
             written: vec![(5, 77), (6, 88)],
+            delta: vec![5 | 1 << 63, 4],
         };
         let mut p = vec![0u8; PAGE_SIZE];
         m.encode(&mut p);

@@ -428,6 +428,12 @@ fn commit_pages(
         let c = page::seal(unsafe { w.file.map.page_mut(p) });
         written.push((p, c));
     }
+    if std::env::var("DBNODE_PROBE").is_ok() {
+        eprintln!(
+            "txn {txn}: {:?}",
+            written.iter().map(|w| w.0).collect::<Vec<_>>()
+        );
+    }
     let complete = written.len() <= MAX_LISTED;
     let meta = Meta {
         txn,
@@ -438,6 +444,7 @@ fn commit_pages(
         records,
         flags: if complete { FLAG_LIST_COMPLETE } else { 0 },
         written: if complete { written } else { Vec::new() },
+        delta: w.alloc.delta().to_vec(),
     };
     if w.sync && !complete {
         w.file.sync()?;
@@ -450,6 +457,7 @@ fn commit_pages(
     }
     Ok(Meta {
         written: Vec::new(),
+        delta: Vec::new(),
         ..meta
     })
 }

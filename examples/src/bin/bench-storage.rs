@@ -38,7 +38,7 @@ impl Out {
                 serde_json::json!({"figure": figure, "value": value, "unit": unit})
             );
         } else {
-            println!("{figure:<40} {value:>14.1} {unit}");
+            println!("{figure:<40} {value:>14.2} {unit}");
         }
     }
 }
