@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -99,6 +100,13 @@ where
                         "message too big: {e}; the maximum payload is {} bytes",
                         session.limits.max_payload
                     ),
+                }
+            }
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                return CloseReason {
+                    leave: LeaveReason::ConnectionLost,
+                    code: 1006,
+                    text: "connection reset".into(),
                 }
             }
             Some(Err(WsError::Protocol(e))) => {

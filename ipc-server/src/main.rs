@@ -49,6 +49,9 @@ async fn serve(
     settings: ipc_server::Settings,
     pm2_channel: Option<pm2::Channel>,
 ) -> anyhow::Result<()> {
+    // Signal handlers first, so a SIGINT right after "ready" is a clean shutdown, not a kill.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let (host, port) = (settings.host.clone(), settings.port);
     let token = settings.token.is_some();
     let server = Server::bind(settings)
@@ -68,10 +71,9 @@ async fn serve(
     if let Some(channel) = pm2_channel {
         channel.notify_ready();
     }
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         }
     };
