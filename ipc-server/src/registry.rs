@@ -171,7 +171,7 @@ impl Namespace {
     }
 
     /// Number of connected peers.
-    pub fn len(&self) -> usize {
+    pub fn peer_count(&self) -> usize {
         self.state.read().peers.len()
     }
 }
@@ -318,7 +318,7 @@ impl Registry {
         let namespaces: Vec<Arc<Namespace>> = self.namespaces.lock().values().cloned().collect();
         let mut out: Vec<(String, usize)> = namespaces
             .iter()
-            .map(|ns| (ns.name.to_string(), ns.len()))
+            .map(|ns| (ns.name.to_string(), ns.peer_count()))
             .collect();
         out.sort();
         out

@@ -112,6 +112,11 @@ impl<T: Clone> SubjectIndex<T> {
     pub fn len(&self) -> usize {
         self.len
     }
+
+    /// Whether there are no subscriptions at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 fn collect<T: Clone>(node: &Node<T>, tokens: &[&str], out: &mut Vec<(u64, T)>) {
