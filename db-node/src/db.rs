@@ -1,22 +1,16 @@
 //! The database: opening (and validating) a directory, snapshots for readers, and the single
 //! writer that commits transactions.
 //!
-//! Commit protocol: the writer fills pages of its own (never reachable by any snapshot), then
-//! records them in the allocation bitmap, seals every written page with its checksum and writes
-//! the meta slot `txn % 2`, listing each written page with its checksum. In `sync` mode one
-//! fdatasync then makes the commit durable: if the machine dies before it completes, the next
-//! open finds the new meta torn, or a listed page whose checksum does not match, and falls back
-//! to the previous meta, whose pages this commit never touched. Commits too big to list flush
-//! their pages first and the meta after (two flushes).
+//! How a commit becomes durable is described in [`crate::commit`].
 
 use crate::alloc::{LocalAllocator, SpaceAllocator};
 use crate::btree::Pages;
 use crate::error::{Error, Result};
 use crate::lock::{Grant, LocalLocks, LockProvider};
-use crate::meta::{Meta, MetaErr, FLAG_LIST_COMPLETE};
-use crate::page::{self, PageId, KIND_BRANCH, KIND_LEAF, PAGE_SIZE};
+use crate::meta::Meta;
+use crate::page::{self, PageId, KIND_BRANCH, KIND_LEAF};
 use crate::path::{self, Segment};
-use crate::store::{DataFile, Map, ProcessLock, DATA_FILE};
+use crate::store::{DataFile, Map, ProcessLock, RedoFile, DATA_FILE, REDO_FILE};
 use crate::tree::{self, Child};
 use crate::txn::WriteTxn;
 use crate::value::{Kind, Value};
@@ -65,6 +59,8 @@ pub struct Stats {
     pub file_bytes: u64,
     /// The last commit before this open was incomplete and was rolled back.
     pub recovered: bool,
+    /// Bytes of redo log written since the last checkpoint (`sync` mode).
+    pub redo_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -85,6 +81,10 @@ pub(crate) struct Writer {
     pub alloc: LocalAllocator,
     pub meta: Meta,
     pub sync: bool,
+    pub since: crate::commit::SinceCheckpoint,
+    pub redo: RedoFile,
+    pub next_ckpt_slot: u64,
+    pub next_redo_slot: u64,
     failed: Option<String>,
     recovered: bool,
 }
@@ -97,6 +97,7 @@ pub struct Db {
     writer: Mutex<Writer>,
     locks: Arc<dyn LockProvider>,
     subscribers: Mutex<Vec<Sender<CommitInfo>>>,
+    checkpoint_on_close: std::sync::atomic::AtomicBool,
     _lock: ProcessLock,
 }
 
@@ -146,10 +147,14 @@ impl Db {
         let plock = ProcessLock::acquire(&dir)?;
         let data_path = dir.join(DATA_FILE);
         if !data_path.exists() || std::fs::metadata(&data_path).map(|m| m.len()).unwrap_or(0) == 0 {
-            create_file(&data_path)?;
+            // a new database: any redo file left from an old one must not be replayed
+            let _ = std::fs::remove_file(dir.join(REDO_FILE));
+            crate::open::create_file(&data_path)?;
         }
         let (file, _) = DataFile::open(data_path.clone())?;
-        let (meta, recovered) = choose_meta(&file)?;
+        let redo_file = RedoFile::open(dir.join(REDO_FILE))?;
+        let chosen = crate::open::choose_meta(&file, &redo_file)?;
+        let (mut meta, recovered) = (chosen.meta, chosen.recovered);
         let alloc = LocalAllocator::load(&file.map, meta.alloc_index, meta.page_count, &meta.delta)
             .map_err(|d| Error::Corrupt {
                 path: data_path.clone(),
@@ -168,15 +173,26 @@ impl Db {
             map: file.map.clone(),
             readers: BTreeMap::new(),
         };
+        let since = crate::commit::SinceCheckpoint {
+            root: meta.root,
+            records: meta.records,
+            page_count: meta.page_count,
+            ..Default::default()
+        };
+        let redo = std::mem::take(&mut meta.log);
         let writer = Writer {
             file,
             alloc,
             meta,
             sync: options.durability == Durability::Sync,
+            since,
+            redo: redo_file,
+            next_ckpt_slot: chosen.next_ckpt_slot,
+            next_redo_slot: chosen.next_redo_slot,
             failed: None,
             recovered,
         };
-        Ok(Db {
+        let db = Db {
             dir,
             data_path,
             shared: Mutex::new(shared),
@@ -185,8 +201,33 @@ impl Db {
                 .locks
                 .unwrap_or_else(|| Arc::new(LocalLocks::default())),
             subscribers: Mutex::new(Vec::new()),
+            checkpoint_on_close: true.into(),
             _lock: plock,
+        };
+        if !redo.is_empty() {
+            // the last commits were logged, not checkpointed: replay them and checkpoint
+            db.write_paths(&[""], |t| t.replay(&redo))?;
+        }
+        Ok(db)
+    }
+
+    /// Write a checkpoint if commits were logged since the last one (see [`crate::commit`]).
+    pub fn checkpoint(&self) -> Result<()> {
+        if lock(&self.writer).since.log.is_empty() {
+            return Ok(());
+        }
+        self.write_paths(&[""], |t| {
+            t.force_checkpoint();
+            Ok(())
         })
+        .map(|_| ())
+    }
+
+    /// Close without the final checkpoint, as a crash would (for recovery tests).
+    #[doc(hidden)]
+    pub fn close_without_checkpoint(self) {
+        self.checkpoint_on_close
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn dir(&self) -> &Path {
@@ -333,6 +374,7 @@ impl Db {
             retired_pages: w.alloc.retired_pages() as u64,
             file_bytes: w.file.file_len(),
             recovered: w.recovered,
+            redo_bytes: w.since.log.len() as u64,
         }
     }
 
@@ -344,8 +386,25 @@ impl Db {
 
     /// Verify every page and record reachable from the latest commit (see [`crate::check`]).
     pub fn check(&self) -> crate::check::Report {
+        if let Err(e) = self.checkpoint() {
+            return crate::check::Report {
+                problems: vec![format!("checkpoint before the check failed: {e}")],
+                ..Default::default()
+            };
+        }
         let w = lock(&self.writer);
         crate::check::run(&w.file, &w.alloc, &w.meta)
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if self
+            .checkpoint_on_close
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let _ = self.checkpoint();
+        }
     }
 }
 
@@ -353,144 +412,6 @@ impl Writer {
     pub(crate) fn fail(&mut self, why: String) {
         self.failed = Some(why);
     }
-}
-
-/// Write a fresh, empty database file next to `path`, flush it, and rename it into place.
-fn create_file(path: &Path) -> Result<()> {
-    let mut buf = vec![0u8; 4 * PAGE_SIZE];
-    {
-        let (metas, rest) = buf.split_at_mut(2 * PAGE_SIZE);
-        let meta = Meta {
-            txn: 0,
-            root: 0,
-            alloc_index: 3,
-            page_count: 4,
-            ..Meta::default()
-        };
-        meta.encode(&mut metas[..PAGE_SIZE]);
-        let (bitmap, index) = rest.split_at_mut(PAGE_SIZE);
-        page::init(bitmap, page::KIND_BITMAP, 0);
-        page::wr64(bitmap, page::HEADER, 0b1111);
-        page::seal(bitmap);
-        page::init(index, page::KIND_INDEX, 0);
-        page::set_count(index, 1);
-        page::wr64(index, page::HEADER, 2);
-        page::seal(index);
-    }
-    let tmp = path.with_extension("db.tmp");
-    let io = |e| Error::io(&tmp, e);
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&buf).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
-/// Pick the meta to open at: the valid one with the highest txn whose listed pages are intact.
-fn choose_meta(file: &DataFile) -> Result<(Meta, bool)> {
-    let path = &file.path;
-    let len = file.file_len();
-    if len < 2 * PAGE_SIZE as u64 {
-        let first = file
-            .map
-            .page(0)
-            .map(|p| p[..8] == crate::meta::MAGIC)
-            .unwrap_or(false);
-        return Err(if first || len == 0 {
-            Error::Truncated {
-                path: path.clone(),
-                detail: format!("{len} bytes, shorter than the two meta pages"),
-            }
-        } else {
-            Error::NotADatabase { path: path.clone() }
-        });
-    }
-    let slots: Vec<std::result::Result<Meta, MetaErr>> = (0..2)
-        .map(|i| file.map.page(i).map_or(Err(MetaErr::NoMagic), Meta::decode))
-        .collect();
-    if slots.iter().all(|s| matches!(s, Err(MetaErr::NoMagic))) {
-        return Err(Error::NotADatabase { path: path.clone() });
-    }
-    if let Some(v) = slots.iter().find_map(|s| match s {
-        Err(MetaErr::Newer(v)) => Some(*v),
-        _ => None,
-    }) {
-        return Err(Error::NewerVersion {
-            path: path.clone(),
-            found: v,
-            supported: crate::meta::FORMAT_VERSION,
-        });
-    }
-    let mut valid: Vec<Meta> = slots
-        .iter()
-        .filter_map(|s| s.as_ref().ok().cloned())
-        .collect();
-    valid.sort_by_key(|m| std::cmp::Reverse(m.txn));
-    let mut problems: Vec<String> = slots
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| match s {
-            Err(MetaErr::Bad(d)) => Some(format!("meta page {i}: {d}")),
-            Err(MetaErr::NoMagic) => Some(format!("meta page {i}: no magic")),
-            _ => None,
-        })
-        .collect();
-    for (n, m) in valid.iter().enumerate() {
-        if m.page_count * PAGE_SIZE as u64 > len {
-            return Err(Error::Truncated {
-                path: path.clone(),
-                detail: format!(
-                    "{len} bytes but transaction {} uses {} pages of {PAGE_SIZE} bytes",
-                    m.txn, m.page_count
-                ),
-            });
-        }
-        match verify_written(&file.map, m) {
-            Ok(()) => return Ok((strip(m.clone()), n > 0)),
-            Err(d) => problems.push(format!("transaction {}: {d}", m.txn)),
-        }
-    }
-    Err(Error::Corrupt {
-        path: path.clone(),
-        detail: if problems.is_empty() {
-            "no usable meta page".into()
-        } else {
-            problems.join("; ")
-        },
-    })
-}
-
-fn strip(mut m: Meta) -> Meta {
-    m.written = Vec::new();
-    m.flags &= !FLAG_LIST_COMPLETE;
-    m
-}
-
-/// Check the pages a commit lists still carry the checksums it wrote.
-pub(crate) fn verify_written(map: &Map, m: &Meta) -> std::result::Result<(), String> {
-    if m.flags & FLAG_LIST_COMPLETE == 0 {
-        return Ok(());
-    }
-    for &(id, sum) in &m.written {
-        let p = map
-            .page(id)
-            .filter(|_| id < m.page_count)
-            .ok_or_else(|| format!("written page {id} beyond the file end"))?;
-        if page::stored_checksum(p) != sum || page::compute_checksum(p) != sum {
-            return Err(format!(
-                "page {id} written by this commit is torn or damaged"
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// A consistent, read-only view of one committed transaction.

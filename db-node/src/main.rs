@@ -120,7 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             out(serde_json::json!({
                 "txn": s.txn, "records": s.records, "page_count": s.page_count,
                 "used_pages": s.used_pages, "retired_pages": s.retired_pages,
-                "file_bytes": s.file_bytes, "recovered": s.recovered,
+                "file_bytes": s.file_bytes, "recovered": s.recovered, "redo_bytes": s.redo_bytes,
             }));
         }
     }

@@ -1,5 +1,5 @@
-//! The two meta pages (pages 0 and 1). Commit `t` writes slot `t % 2`; the valid slot with the
-//! higher transaction id is current. Layout (little endian):
+//! Meta pages: pages 0 and 1 of the data file (checkpoints) and the two pages of the redo file
+//! (logged commits); see [`crate::commit`]. Layout (little endian):
 //!
 //! ```text
 //!  0  [8]  magic "\x89DBNODE\n"
@@ -15,10 +15,13 @@
 //! 72  u32  flags (bit 0: the page list below is complete)
 //! 76  u32  listed: number of (page, checksum) pairs below (at most 122)
 //! 80  u32  delta: number of allocation-log entries below (at most 256)
-//! 84  [12] reserved (zero)
+//! 84  u32  redo: bytes of redo log below
+//! 88  [8]  reserved (zero)
 //! 96  listed × (u64 page id, u64 page checksum): every page this commit wrote
 //! ..  delta × u64: allocation changes since the bitmap the index page describes, in order;
 //!     bit 63 set = page allocated, clear = page freed
+//! ..  redo bytes: record changes since the checkpoint this meta points at (see
+//!     [`crate::commit`]); entries `op u8 (1 put, 2 delete) | klen u16 | key | [vlen u16 | value]`
 //! ```
 
 use crate::checksum::hash;
@@ -47,6 +50,13 @@ pub struct Meta {
     pub written: Vec<(PageId, u64)>,
     /// Allocation changes since the bitmap checkpoint (see [`crate::alloc`]).
     pub delta: Vec<u64>,
+    /// Redo log since the tree checkpoint (see [`crate::commit`]).
+    pub log: Vec<u8>,
+}
+
+/// Bytes of redo log a meta page with `delta` allocation-log entries (and no page list) holds.
+pub fn log_capacity(delta: usize) -> usize {
+    PAGE_SIZE - LIST_AT - 8 * delta
 }
 
 /// Why a meta slot is unusable.
@@ -61,8 +71,8 @@ fn rd32(p: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]])
 }
 
-fn checksum(p: &[u8], listed: usize, delta: usize) -> u64 {
-    hash(&p[24..LIST_AT + 16 * listed + 8 * delta], hash(&p[..16], 7))
+fn checksum(p: &[u8], end: usize) -> u64 {
+    hash(&p[24..end], hash(&p[..16], 7))
 }
 
 impl Meta {
@@ -90,7 +100,12 @@ impl Meta {
         for (i, d) in self.delta.iter().take(delta).enumerate() {
             wr64(p, at + 8 * i, *d);
         }
-        let c = checksum(p, listed, delta);
+        let mut end = at + 8 * delta;
+        let log = self.log.len().min(PAGE_SIZE - end);
+        p[84..88].copy_from_slice(&(log as u32).to_le_bytes());
+        p[end..end + log].copy_from_slice(&self.log[..log]);
+        end += log;
+        let c = checksum(p, end);
         wr64(p, 16, c);
     }
 
@@ -115,7 +130,14 @@ impl Meta {
                 "page list of {listed}, log of {delta} entries"
             )));
         }
-        if checksum(p, listed, delta) != rd64(p, 16) {
+        let log_at = LIST_AT + 16 * listed + 8 * delta;
+        let log = rd32(p, 84) as usize;
+        if log_at + log > PAGE_SIZE {
+            return Err(MetaErr::Bad(format!(
+                "redo log of {log} bytes overflows the page"
+            )));
+        }
+        if checksum(p, log_at + log) != rd64(p, 16) {
             return Err(MetaErr::Bad("meta page checksum mismatch".into()));
         }
         let m = Meta {
@@ -132,6 +154,7 @@ impl Meta {
             delta: (0..delta)
                 .map(|i| rd64(p, LIST_AT + 16 * listed + 8 * i))
                 .collect(),
+            log: p[log_at..log_at + log].to_vec(),
         };
         if m.page_count < 4
             || m.alloc_index < 2
@@ -160,6 +183,7 @@ mod tests {
             flags: FLAG_LIST_COMPLETE,
             written: vec![(5, 77), (6, 88)],
             delta: vec![5 | 1 << 63, 4],
+            log: b"redo".to_vec(),
         };
         let mut p = vec![0u8; PAGE_SIZE];
         m.encode(&mut p);

@@ -162,3 +162,51 @@ impl ProcessLock {
         Ok(ProcessLock { _file: file })
     }
 }
+
+pub const REDO_FILE: &str = "redo.db";
+
+/// The redo file: two meta-page slots for logged commits (see [`crate::commit`]), flushed on
+/// their own so that a logged commit costs one page write and one flush.
+pub struct RedoFile {
+    pub path: PathBuf,
+    file: File,
+}
+
+impl RedoFile {
+    /// Open or create (two zero pages, flushed) the redo file.
+    pub fn open(path: PathBuf) -> Result<RedoFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        if len < 2 * PAGE_SIZE as u64 {
+            file.write_all_at(&vec![0u8; 2 * PAGE_SIZE - len as usize], len)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(RedoFile { path, file })
+    }
+
+    /// The bytes of both slots.
+    pub fn read_slots(&self) -> Result<[Vec<u8>; 2]> {
+        let mut out = [vec![0u8; PAGE_SIZE], vec![0u8; PAGE_SIZE]];
+        for (i, buf) in out.iter_mut().enumerate() {
+            self.file
+                .read_exact_at(buf, (i * PAGE_SIZE) as u64)
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
+        Ok(out)
+    }
+
+    /// Write slot `slot` and flush it.
+    pub fn write(&self, slot: u64, page: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(page, slot * PAGE_SIZE as u64)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}

@@ -4,10 +4,10 @@
 
 use crate::alloc::SpaceAllocator;
 use crate::btree::{self, Pages, PagesMut};
+use crate::commit::{self, Changes};
 use crate::db::{node, CommitInfo, Head, Writer};
 use crate::error::{Error, Result};
 use crate::lock::Grant;
-use crate::meta::{Meta, FLAG_LIST_COMPLETE, MAX_LISTED};
 use crate::page::{self, PageId, MAX_KEY};
 use crate::path::{self, Segment, SEP};
 use crate::tree::{self, Child};
@@ -26,6 +26,11 @@ pub struct WriteTxn<'a> {
     retired: Vec<PageId>,
     changed: Vec<String>,
     buf: Vec<u8>,
+    /// Redo log of this transaction's record changes (`sync` mode, while it fits the meta page).
+    log: Vec<u8>,
+    log_ok: bool,
+    log_room: usize,
+    force_checkpoint: bool,
 }
 
 impl Pages for WriteTxn<'_> {
@@ -100,6 +105,8 @@ fn child_key(parent: &[u8], seg: &Segment) -> Vec<u8> {
 
 impl<'a> WriteTxn<'a> {
     pub(crate) fn new(w: &'a mut Writer, grant: Grant) -> WriteTxn<'a> {
+        let log_room = commit::log_room(w);
+        let log_ok = w.sync;
         WriteTxn {
             txn: w.meta.txn + 1,
             root: w.meta.root,
@@ -111,6 +118,10 @@ impl<'a> WriteTxn<'a> {
             retired: Vec::new(),
             changed: Vec::new(),
             buf: Vec::new(),
+            log: Vec::new(),
+            log_ok,
+            log_room,
+            force_checkpoint: false,
         }
     }
 
@@ -318,13 +329,22 @@ impl<'a> WriteTxn<'a> {
     }
 
     fn put(&mut self, key: &[u8], rec: &[u8]) -> Result<()> {
+        self.record(key, Some(rec));
         let (root, new) = btree::put(self, self.root, key, rec)?;
         self.root = root;
         self.records += new as u64;
         Ok(())
     }
 
+    fn record(&mut self, key: &[u8], rec: Option<&[u8]>) {
+        if self.log_ok {
+            commit::encode_op(&mut self.log, key, rec);
+            self.log_ok = self.log.len() <= self.log_room;
+        }
+    }
+
     fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.record(key, None);
         let (root, found) = btree::delete(self, self.root, key)?;
         self.root = root;
         self.records -= found as u64;
@@ -345,10 +365,10 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
-    /// Make the transaction visible in one step (see the protocol in [`crate::db`]).
+    /// Make the transaction visible in one step (see the protocol in [`crate::commit`]).
     pub(crate) fn commit(self) -> Result<(CommitInfo, Option<Head>)> {
         let fence = self.grant.token.max(self.w.meta.fence);
-        if self.allocated.is_empty() && self.retired.is_empty() {
+        if self.allocated.is_empty() && self.retired.is_empty() && !self.force_checkpoint {
             let info = CommitInfo {
                 txn: self.w.meta.txn,
                 fence,
@@ -357,35 +377,57 @@ impl<'a> WriteTxn<'a> {
             return Ok((info, None));
         }
         let w = self.w;
-        let r = commit_pages(
-            w,
-            self.txn,
-            self.root,
-            self.records,
+        let mut allocated = self.allocated;
+        if !self.spare.is_empty() {
+            let spare: std::collections::HashSet<PageId> = self.spare.iter().copied().collect();
+            allocated.retain(|p| !spare.contains(p));
+            for &p in &self.spare {
+                w.alloc.release(p);
+            }
+        }
+        let c = Changes {
+            txn: self.txn,
+            root: self.root,
+            records: self.records,
             fence,
-            self.allocated,
-            &self.spare,
-            &self.retired,
-        );
-        let meta = match r {
-            Ok(m) => m,
+            allocated,
+            retired: self.retired,
+            log: if self.log_ok && !self.force_checkpoint {
+                Some(self.log)
+            } else {
+                None
+            },
+        };
+        let head = match commit::commit(w, c) {
+            Ok(h) => h,
             Err(e) => {
                 w.fail(e.to_string());
                 return Err(e);
             }
         };
-        let head = Head {
-            txn: meta.txn,
-            root: meta.root,
-            page_count: meta.page_count,
-        };
-        w.meta = meta;
         let info = CommitInfo {
             txn: self.txn,
             fence,
             changed: self.changed,
         };
         Ok((info, Some(head)))
+    }
+
+    /// Make this commit write a checkpoint even if it changes nothing.
+    pub(crate) fn force_checkpoint(&mut self) {
+        self.force_checkpoint = true;
+    }
+
+    /// Re-apply a redo log (recovery after a crash in `sync` mode).
+    pub(crate) fn replay(&mut self, log: &[u8]) -> Result<()> {
+        for op in commit::decode_log(log).map_err(|d| self.corrupt(format!("redo log: {d}")))? {
+            match op {
+                (k, Some(v)) => self.put(&k, &v)?,
+                (k, None) => self.delete(&k)?,
+            }
+        }
+        self.force_checkpoint = true;
+        Ok(())
     }
 }
 
@@ -395,69 +437,4 @@ fn marker(k: Kind) -> u8 {
     } else {
         T_OBJECT
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn commit_pages(
-    w: &mut Writer,
-    txn: u64,
-    root: PageId,
-    records: u64,
-    fence: u64,
-    mut allocated: Vec<PageId>,
-    released: &[PageId],
-    retired: &[PageId],
-) -> Result<Meta> {
-    if !released.is_empty() {
-        let rel: std::collections::HashSet<PageId> = released.iter().copied().collect();
-        allocated.retain(|p| !rel.contains(p));
-        for &p in released {
-            w.alloc.release(p);
-        }
-    }
-    let extra = w
-        .alloc
-        .commit(txn, &allocated, retired)
-        .map_err(Error::Full)?;
-    w.file.ensure_pages(w.alloc.page_count())?;
-    // SAFETY: `extra` are pages the allocator just handed to this commit.
-    unsafe { w.alloc.write_pages(&w.file.map, txn, &extra) };
-    let mut written = Vec::with_capacity(allocated.len() + extra.len());
-    for &p in allocated.iter().chain(extra.iter()) {
-        // SAFETY: pages of this commit; no snapshot reaches them yet.
-        let c = page::seal(unsafe { w.file.map.page_mut(p) });
-        written.push((p, c));
-    }
-    if std::env::var("DBNODE_PROBE").is_ok() {
-        eprintln!(
-            "txn {txn}: {:?}",
-            written.iter().map(|w| w.0).collect::<Vec<_>>()
-        );
-    }
-    let complete = written.len() <= MAX_LISTED;
-    let meta = Meta {
-        txn,
-        root,
-        alloc_index: w.alloc.index_page(),
-        page_count: w.alloc.page_count(),
-        fence,
-        records,
-        flags: if complete { FLAG_LIST_COMPLETE } else { 0 },
-        written: if complete { written } else { Vec::new() },
-        delta: w.alloc.delta().to_vec(),
-    };
-    if w.sync && !complete {
-        w.file.sync()?;
-    }
-    // SAFETY: the meta slot of `txn` holds the commit before the previous one; no reader uses
-    // meta pages through the map.
-    meta.encode(unsafe { w.file.map.page_mut(txn % 2) });
-    if w.sync {
-        w.file.sync()?;
-    }
-    Ok(Meta {
-        written: Vec::new(),
-        delta: Vec::new(),
-        ..meta
-    })
 }

@@ -211,3 +211,37 @@ fn big_tree_split_merge_and_space_reuse() {
     assert!(db.check().ok());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn sync_commits_are_logged_and_replayed() {
+    let dir = tmp();
+    let db = Db::open(&dir, Options::default()).unwrap();
+    for i in 0..30 {
+        db.set(&format!("log/k{i}"), i).unwrap();
+    }
+    assert!(
+        db.stats().redo_bytes > 0,
+        "small sync commits should be logged"
+    );
+    db.close_without_checkpoint();
+    let db = Db::open(&dir, Options::default()).unwrap();
+    assert_eq!(db.stats().redo_bytes, 0, "the open replays and checkpoints");
+    for i in 0..30 {
+        assert_eq!(db.get(&format!("log/k{i}")).unwrap(), Value::Int(i));
+    }
+    // many commits: the log fills up and checkpoints happen by themselves
+    for i in 0..500 {
+        db.set(&format!("log/m{i}"), Value::String("v".repeat(50)))
+            .unwrap();
+    }
+    assert!(db.stats().redo_bytes < 4096);
+    db.set("big", json!({"a": "x".repeat(5000)})).unwrap();
+    assert_eq!(
+        db.stats().redo_bytes,
+        0,
+        "a commit too big to log checkpoints"
+    );
+    let r = db.check();
+    assert!(r.ok(), "{:?}", r.problems);
+    std::fs::remove_dir_all(dir).unwrap();
+}

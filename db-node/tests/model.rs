@@ -12,6 +12,8 @@ enum Op {
     Remove(Vec<String>),
     Batch(Vec<(Vec<String>, Value)>),
     Reopen,
+    /// Close as a crash would: no final checkpoint, the next open replays the redo log.
+    CrashReopen,
 }
 
 fn key() -> impl Strategy<Value = String> {
@@ -52,6 +54,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => path().prop_map(Op::Remove),
         1 => prop::collection::vec((path(), value()), 1..4).prop_map(Op::Batch),
         1 => Just(Op::Reopen),
+        1 => Just(Op::CrashReopen),
     ]
 }
 
@@ -127,14 +130,14 @@ fn model_update(
     true
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, durability: Durability) -> Result<(), TestCaseError> {
     let dir = std::env::temp_dir().join(format!(
         "dbnode-model-{}-{}",
         std::process::id(),
         rand::random::<u64>()
     ));
     let opts = || Options {
-        durability: Durability::NoSync,
+        durability,
         ..Options::default()
     };
     let mut db = Db::open(&dir, opts()).unwrap();
@@ -186,6 +189,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 drop(db);
                 db = Db::open(&dir, opts()).unwrap();
             }
+            Op::CrashReopen => {
+                db.close_without_checkpoint();
+                db = Db::open(&dir, opts()).unwrap();
+            }
         }
         prop_assert_eq!(db.get("").unwrap(), Value::Object(model.clone()));
     }
@@ -197,9 +204,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
     #[test]
-    fn matches_the_model(ops in prop::collection::vec(op(), 1..60)) {
-        run(ops)?;
+    fn matches_the_model_nosync(ops in prop::collection::vec(op(), 1..60)) {
+        run(ops, Durability::NoSync)?;
+    }
+
+    /// `sync` mode: small commits go to the redo log, big ones checkpoint, reopens replay.
+    #[test]
+    fn matches_the_model_sync(ops in prop::collection::vec(op(), 1..40)) {
+        run(ops, Durability::Sync)?;
     }
 }
