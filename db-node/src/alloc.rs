@@ -56,23 +56,6 @@ pub struct LocalAllocator {
 }
 
 impl LocalAllocator {
-    /// State of a fresh file: pages 0..4 hold the two metas, one bitmap page and the index page.
-    pub fn fresh() -> LocalAllocator {
-        let mut a = LocalAllocator {
-            bits: Vec::new(),
-            page_count: 4,
-            reusable: BTreeSet::new(),
-            retired: VecDeque::new(),
-            bitmap_pages: vec![2],
-            index_page: 3,
-            delta: Vec::new(),
-        };
-        for p in 0..4 {
-            a.set(p, true);
-        }
-        a
-    }
-
     /// Read the bitmap checkpoint of a committed state and replay its allocation log.
     pub fn load(
         map: &Map,

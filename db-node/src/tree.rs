@@ -43,7 +43,7 @@ pub fn read<P: Pages>(pages: &P, root: PageId, key: &[u8]) -> Result<Value> {
     }
     let mut cur = Cursor::seek(pages, root, key)?;
     if key.is_empty() {
-        return read_container(pages, &mut cur, key, T_OBJECT, None);
+        return read_container(pages, &mut cur, key, T_OBJECT);
     }
     let rec = match cur.current(pages)? {
         Some((k, v)) if k == key => v.to_vec(),
@@ -74,7 +74,7 @@ pub fn read_some<P: Pages>(pages: &P, root: PageId, key: &[u8], only: &[Segment]
 
 fn read_node<P: Pages>(pages: &P, cur: &mut Cursor, key: &[u8], rec: &[u8]) -> Result<Value> {
     match rec.first() {
-        Some(&T_OBJECT) | Some(&T_ARRAY) => read_container(pages, cur, key, rec[0], None),
+        Some(&T_OBJECT) | Some(&T_ARRAY) => read_container(pages, cur, key, rec[0]),
         Some(&T_CHUNKED) => {
             let (tag, len) = value::chunked_head(rec)
                 .ok_or_else(|| pages.corrupt(format!("bad chunked record at {key:?}")))?;
@@ -106,13 +106,7 @@ fn read_node<P: Pages>(pages: &P, cur: &mut Cursor, key: &[u8], rec: &[u8]) -> R
 }
 
 /// Read the children that follow the cursor (positioned after the container's own record).
-fn read_container<P: Pages>(
-    pages: &P,
-    cur: &mut Cursor,
-    key: &[u8],
-    tag: u8,
-    _hint: Option<usize>,
-) -> Result<Value> {
+fn read_container<P: Pages>(pages: &P, cur: &mut Cursor, key: &[u8], tag: u8) -> Result<Value> {
     let prefix = path::child_prefix(key);
     let mut obj = BTreeMap::new();
     let mut arr: Vec<Value> = Vec::new();

@@ -209,7 +209,10 @@ proptest! {
     fn matches_the_model_nosync(ops in prop::collection::vec(op(), 1..60)) {
         run(ops, Durability::NoSync)?;
     }
+}
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 60, ..ProptestConfig::default() })]
     /// `sync` mode: small commits go to the redo log, big ones checkpoint, reopens replay.
     #[test]
     fn matches_the_model_sync(ops in prop::collection::vec(op(), 1..40)) {
