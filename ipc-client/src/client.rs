@@ -75,7 +75,7 @@ impl Client {
         });
         let connected = inner.welcome(&welcome);
         let _ = events_tx.try_send(connected);
-        let link = inner.start_link(ws);
+        let link = inner.start_link(ws).await;
         tokio::spawn(supervise(inner.clone(), link, events_tx));
         Ok((
             Client {
@@ -339,21 +339,22 @@ impl Inner {
 
     /// Starts the writer of a fresh connection, queues the remembered subscriptions first, and
     /// only then makes the connection available to senders (so they come after).
-    fn start_link(&self, ws: Ws) -> Link {
+    async fn start_link(&self, ws: Ws) -> Link {
         let (sink, stream) = ws.split();
         let (tx, rx) = mpsc::channel(self.opts.send_capacity.max(16));
         let writer = tokio::spawn(write_loop(sink, rx));
-        for pattern in self.patterns.lock().iter() {
+        let patterns = self.patterns.lock().clone();
+        for pattern in patterns {
             let frame = ClientFrame::Subscribe {
                 pattern: pattern.as_str().into(),
             };
-            // The channel is fresh; if there are more patterns than room, the rest are sent by
-            // the reader task below before it reads anything.
+            // The writer is running, so this waits at most for the socket.
             if tx
-                .try_send(Message::Binary(protocol::encode_client(&frame).into()))
+                .send(Message::Binary(protocol::encode_client(&frame).into()))
+                .await
                 .is_err()
             {
-                tracing::warn!("too many subscriptions to restore at once; raise send_capacity");
+                break;
             }
         }
         *self.link.lock() = Some(tx);
@@ -408,7 +409,7 @@ async fn supervise(inner: Arc<Inner>, first: Link, events: mpsc::Sender<Event>) 
             match open(&inner.opts).await {
                 Ok((ws, welcome)) => {
                     let event = inner.welcome(&welcome);
-                    let link = inner.start_link(ws);
+                    let link = inner.start_link(ws).await;
                     let _ = events.send(event).await;
                     break link;
                 }
@@ -422,7 +423,8 @@ async fn supervise(inner: Arc<Inner>, first: Link, events: mpsc::Sender<Event>) 
 }
 
 /// Reads and dispatches frames until the connection ends or the server goes silent for longer
-/// than its keepalive; returns why.
+/// than its keepalive; returns why. A quiet server is pinged first (websocket ping), so a
+/// client that only sends still hears from a live server.
 async fn read_loop(
     inner: &Inner,
     stream: &mut SplitStream<Ws>,
@@ -437,8 +439,15 @@ async fn read_loop(
         let message = tokio::select! {
             m = stream.next() => m,
             _ = tick.tick() => {
-                if last_heard.elapsed() > keepalive {
-                    return format!("nothing heard from the server for {} ms", last_heard.elapsed().as_millis());
+                let silent = last_heard.elapsed();
+                if silent > keepalive {
+                    return format!("nothing heard from the server for {} ms", silent.as_millis());
+                }
+                if silent > keepalive / 3 {
+                    let link = inner.link.lock().clone();
+                    if let Some(tx) = link {
+                        let _ = tx.try_send(Message::Ping(Bytes::new()));
+                    }
                 }
                 continue;
             }

@@ -109,6 +109,13 @@ where
                     text: "connection reset".into(),
                 }
             }
+            Some(Err(WsError::Utf8(e))) => {
+                return CloseReason {
+                    leave: LeaveReason::ProtocolError,
+                    code: 1007,
+                    text: format!("text frame is not UTF-8: {e}"),
+                }
+            }
             Some(Err(WsError::Protocol(e))) => {
                 return CloseReason {
                     leave: LeaveReason::ProtocolError,
@@ -142,6 +149,8 @@ where
                     Ok(frame) => session.route(frame).await,
                     Err(e) => session.error(ErrorCode::MalformedFrame, 0, "", e.to_string()),
                 }
+                // Time spent waiting for other peers' queues is not this peer's silence.
+                last_heard.store(millis_since(started), Ordering::Relaxed);
             }
             Message::Text(text) => {
                 session.metrics.add(conn, Counter::FramesReceived, 1);
@@ -152,6 +161,7 @@ where
                     Ok(frame) => session.route(frame).await,
                     Err(e) => session.error(ErrorCode::MalformedFrame, 0, "", e.to_string()),
                 }
+                last_heard.store(millis_since(started), Ordering::Relaxed);
             }
             Message::Close(_) => {
                 return CloseReason {
@@ -178,6 +188,9 @@ async fn keepalive(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
+        if peer.waiting_on_others.load(Ordering::Relaxed) {
+            continue;
+        }
         let silent = millis_since(started).saturating_sub(last_heard.load(Ordering::Relaxed));
         if silent >= timeout_ms {
             return CloseReason {

@@ -103,7 +103,7 @@ impl Metrics {
         metric(
             "ipc_bytes_received_total",
             "counter",
-            "Payload bytes received from peers.",
+            "Frame bytes received from peers.",
             &one(Counter::BytesReceived),
         );
         metric(
@@ -115,7 +115,7 @@ impl Metrics {
         metric(
             "ipc_bytes_routed_total",
             "counter",
-            "Payload bytes delivered to peer queues.",
+            "Frame bytes delivered to peer queues.",
             &one(Counter::BytesRouted),
         );
         metric(

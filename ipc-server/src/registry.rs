@@ -34,6 +34,9 @@ pub struct Peer {
     pub connected_at: SystemTime,
     /// Patterns this peer subscribed to (for cleanup and for the peer listing).
     pub patterns: Mutex<Vec<String>>,
+    /// Set while routing one of this peer's frames waits for room in another peer's queue; the
+    /// keepalive watchdog does not count that time as the peer's silence.
+    pub waiting_on_others: std::sync::atomic::AtomicBool,
 }
 
 /// A server frame encoded lazily, at most once per encoding, for fan-out.
@@ -248,6 +251,7 @@ impl Registry {
             outbox: Outbox::new(req.outbox_limit),
             connected_at: SystemTime::now(),
             patterns: Mutex::new(Vec::new()),
+            waiting_on_others: Default::default(),
         });
         let mut members: Vec<Member<'_>> = state
             .peers

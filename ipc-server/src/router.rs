@@ -192,7 +192,10 @@ impl Session {
                 Ok(()) => self.ns.subscribe(&self.me, &pattern),
                 Err(e) => self.error(ErrorCode::InvalidName, 0, &pattern, e.to_string()),
             },
-            ClientFrame::Unsubscribe { pattern } => self.ns.unsubscribe(&self.me, &pattern),
+            ClientFrame::Unsubscribe { pattern } => match protocol::validate_pattern(&pattern) {
+                Ok(()) => self.ns.unsubscribe(&self.me, &pattern),
+                Err(e) => self.error(ErrorCode::InvalidName, 0, &pattern, e.to_string()),
+            },
             ClientFrame::Request {
                 corr,
                 target,
@@ -200,7 +203,9 @@ impl Session {
                 payload,
             } => self.request(corr, target, timeout_ms, payload).await,
             ClientFrame::Reply { to, corr, payload } => {
-                if !self.payload_ok(&payload, corr) {
+                // Errors about a reply carry corr 0: the corr belongs to the requester's
+                // numbering, and must not be mistaken for one of this peer's own requests.
+                if !self.payload_ok(&payload, 0) {
                     return;
                 }
                 match self.peer(&to) {
@@ -212,7 +217,7 @@ impl Session {
                         };
                         self.deliver(&[dest], LazyFrame::new(frame), None).await;
                     }
-                    None => self.unknown_peer(&to, corr),
+                    None => self.unknown_peer(&to, 0),
                 }
             }
             ClientFrame::Ping { nonce } => self
@@ -319,7 +324,15 @@ impl Session {
                 Some(r) => r.deadline.min(slow_deadline),
                 None => slow_deadline,
             };
-            match dest.outbox.push(message, deadline).await {
+            // While we wait, this peer's socket is not read: its silence is ours, not its own.
+            self.me
+                .waiting_on_others
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let pushed = dest.outbox.push(message, deadline).await;
+            self.me
+                .waiting_on_others
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            match pushed {
                 Ok(()) => {
                     delivered += 1;
                     bytes += len;

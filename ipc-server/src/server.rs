@@ -148,6 +148,17 @@ where
             )
             .await
         }
+        (_, "/health" | "/metrics") => {
+            let body = error_body("method_not_allowed", "use GET", None);
+            respond(
+                &mut stream,
+                405,
+                "application/json",
+                &[("Allow", "GET")],
+                &body,
+            )
+            .await
+        }
         (method, path) => match protocol::parse_connect_path(path) {
             Some(cp) if method != "GET" => {
                 let _ = cp;
@@ -188,7 +199,7 @@ async fn health<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared) -> std::
     let body = serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "protocol_versions": protocol::SUPPORTED_VERSIONS,
+        "protocol_versions": protocol::SUPPORTED_VERSIONS.iter().map(|v| format!("v{v}")).collect::<Vec<_>>(),
         "uptime_s": shared.started.elapsed().as_secs(),
         "namespaces": census.len(),
         "peers": census.iter().map(|(_, n)| n).sum::<usize>(),
@@ -350,10 +361,9 @@ async fn connect<S>(
     let offered: Vec<String> = subprotocols(&req).map(str::to_owned).collect();
     let encoding = match req.query("encoding") {
         Some("json") => Encoding::Json,
-        Some("binary") | Some("bincode") | None if !offered.iter().any(|p| p == "ipc.v1.json") => {
-            Encoding::Binary
-        }
-        None => Encoding::Json,
+        Some("binary") | Some("bincode") => Encoding::Binary,
+        None if offered.iter().any(|p| p == "ipc.v1.json") => Encoding::Json,
+        None => Encoding::Binary,
         Some(other) => {
             let message = format!("unknown encoding {other:?}; use json or binary");
             return refuse(&mut stream, &shared, 400, "invalid_encoding", &message).await;
@@ -446,7 +456,8 @@ async fn connect<S>(
     }
     shared.metrics.add(peer.conn, Counter::Connections, 1);
     tracing::debug!(namespace = %namespace, peer = %id, epoch = peer.epoch, "peer joined");
-    let hard_cap = shared.limits.max_payload as usize + 64 * 1024;
+    // Room for the frame header and for JSON frames, whose base64 payloads are 4/3 larger.
+    let hard_cap = shared.limits.max_payload as usize * 2 + 64 * 1024;
     let config = WebSocketConfig::default()
         .max_message_size(Some(hard_cap))
         .max_frame_size(Some(hard_cap));

@@ -319,3 +319,16 @@ fn pm2_gets_exactly_one_ready_line_on_a_cloexec_channel() {
     let _ = ours.read_to_end(&mut rest);
     assert!(rest.is_empty(), "extra bytes on the pm2 channel: {rest:?}");
 }
+
+#[tokio::test]
+async fn a_client_that_only_sends_stays_connected_past_the_keepalive() {
+    let server = ServerProc::start(&["--keepalive-ms", "400"]);
+    let (sender, mut events) = client(&server, "db", "sender").await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        sender.publish("nobody.listens", b"x").await.expect("still connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    none_within(&mut events, Duration::from_millis(10), |e| matches!(e, Event::Disconnected { .. })).await;
+    assert!(sender.is_connected());
+}

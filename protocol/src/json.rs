@@ -29,7 +29,7 @@ struct JsonIn<'a> {
     timeout_ms: Option<u32>,
     #[serde(default)]
     nonce: Option<u64>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data_b64: Option<Cow<'a, str>>,
@@ -103,6 +103,11 @@ pub fn decode_client(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
             ))))
         }
     })
+}
+
+/// `"data": null` is the payload `null`, not an absent payload.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// The flat shape every JSON server frame is written from.
@@ -303,6 +308,20 @@ mod tests {
         assert!(
             decode_client(r#"{"type":"send","data":1}"#).is_err(),
             "missing to"
+        );
+        let f = decode_client(r#"{"type":"broadcast","data":null}"#).expect("null data");
+        assert_eq!(
+            f,
+            ClientFrame::Broadcast {
+                payload: Cow::Borrowed(b"null")
+            }
+        );
+        let f = decode_client(r#"{"type":"broadcast"}"#).expect("no data");
+        assert_eq!(
+            f,
+            ClientFrame::Broadcast {
+                payload: Cow::Borrowed(b"")
+            }
         );
         assert!(decode_client(r#"{"type":"teleport"}"#).is_err());
         assert!(decode_client("not json").is_err());

@@ -35,6 +35,4 @@ pub mod close_code {
     pub const SLOW_CONSUMER: u16 = 4001;
     /// Nothing was heard from the peer within the keepalive timeout.
     pub const KEEPALIVE_TIMEOUT: u16 = 4002;
-    /// The peer sent frames that cannot be decoded too many times.
-    pub const MALFORMED: u16 = 4003;
 }
