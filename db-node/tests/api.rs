@@ -245,3 +245,54 @@ fn sync_commits_are_logged_and_replayed() {
     assert!(r.ok(), "{:?}", r.problems);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn readers_see_whole_commits_while_pages_are_reused() {
+    fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync::<Db>();
+    let dir = tmp();
+    let db = Db::open(&dir, opts()).unwrap();
+    db.set(
+        "pair",
+        json!({"a": 0, "b": 0, "pad": {"x": "y".repeat(300)}}),
+    )
+    .unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let mut seen = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let snap = db.snapshot();
+                    let a = snap.get("pair/a").unwrap();
+                    // hold the snapshot across several commits
+                    std::thread::yield_now();
+                    let b = snap.get("pair/b").unwrap();
+                    let (Value::Int(a), Value::Int(b)) = (a, b) else {
+                        panic!("bad values")
+                    };
+                    assert_eq!(a + b, 0, "a torn commit was visible");
+                    assert!(a >= seen);
+                    seen = a;
+                    let whole = snap.get("pair").unwrap().to_json();
+                    assert_eq!(
+                        whole["a"].as_i64().unwrap() + whole["b"].as_i64().unwrap(),
+                        0
+                    );
+                }
+            });
+        }
+        for i in 1..3000i64 {
+            db.write(|t| {
+                t.set("pair/a", Value::Int(i))?;
+                t.set("pair/b", Value::Int(-i))?;
+                t.set(&format!("churn/{}", i % 50), Value::String("z".repeat(200)))
+            })
+            .unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let r = db.check();
+    assert!(r.ok(), "{:?}", r.problems);
+    std::fs::remove_dir_all(dir).unwrap();
+}
