@@ -28,7 +28,8 @@ module.exports = {
       interpreter: 'none',
       instances: 2,
       exec_mode: 'fork',
-      args: '--namespace demo --id worker-$NODE_APP_INSTANCE --subscribe jobs.> --echo',
+      // No --id: under pm2 the peer id defaults to <name>-<NODE_APP_INSTANCE> (worker-0, worker-1).
+      args: '--namespace demo --subscribe jobs.> --echo',
       env: { IPC_URL: 'ws://127.0.0.1:9163' },
     },
   ],

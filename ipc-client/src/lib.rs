@@ -27,5 +27,5 @@ mod options;
 pub use client::Client;
 pub use error::{ClientError, RequestError};
 pub use event::{Event, Events, IncomingRequest};
-pub use options::ClientOptions;
+pub use options::{pm2_peer_id, ClientOptions};
 pub use protocol::{ErrorCode, LeaveReason};

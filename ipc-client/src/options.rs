@@ -69,6 +69,27 @@ impl ClientOptions {
     }
 }
 
+/// The peer id pm2 implies for this process: `<app name>-<instance number>` from pm2's
+/// `name` and `NODE_APP_INSTANCE` (or `pm_id`) environment, if this process runs under pm2.
+/// Instance numbers are reused by restarted instances, so the id survives restarts.
+pub fn pm2_peer_id() -> Option<String> {
+    let name = std::env::var("name").ok()?;
+    let instance = std::env::var("NODE_APP_INSTANCE")
+        .or_else(|_| std::env::var("pm_id"))
+        .ok()?;
+    let id: String = format!("{name}-{instance}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-.:@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    protocol::validate_peer_id(&id).is_ok().then_some(id)
+}
+
 impl std::fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientOptions")

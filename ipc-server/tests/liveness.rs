@@ -326,9 +326,15 @@ async fn a_client_that_only_sends_stays_connected_past_the_keepalive() {
     let (sender, mut events) = client(&server, "db", "sender").await;
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(1500) {
-        sender.publish("nobody.listens", b"x").await.expect("still connected");
+        sender
+            .publish("nobody.listens", b"x")
+            .await
+            .expect("still connected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    none_within(&mut events, Duration::from_millis(10), |e| matches!(e, Event::Disconnected { .. })).await;
+    none_within(&mut events, Duration::from_millis(10), |e| {
+        matches!(e, Event::Disconnected { .. })
+    })
+    .await;
     assert!(sender.is_connected());
 }

@@ -30,9 +30,9 @@ struct Args {
     /// Namespace to join.
     #[arg(long, env = "IPC_NAMESPACE")]
     namespace: String,
-    /// Our peer id.
+    /// Our peer id (default under pm2: `<app name>-<instance number>`).
     #[arg(long, env = "IPC_PEER_ID")]
-    id: String,
+    id: Option<String>,
     /// Access token.
     #[arg(long, env = "IPC_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -60,7 +60,13 @@ fn text(payload: &[u8]) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut opts = ClientOptions::new(&args.url, &args.namespace, &args.id);
+    let id = match args.id.clone().or_else(ipc_client::pm2_peer_id) {
+        Some(id) => id,
+        None => {
+            anyhow::bail!("give --id (or IPC_PEER_ID); under pm2 it defaults to <name>-<instance>")
+        }
+    };
+    let mut opts = ClientOptions::new(&args.url, &args.namespace, id);
     opts.token = args.token.clone();
     if let Some(path) = &args.tls_ca {
         opts.tls_ca_pem =
