@@ -32,13 +32,24 @@ fn node_kind(p: &[u8]) -> u8 {
     page::kind(p)
 }
 
+/// No B+tree of 4 KiB pages is this deep; a deeper path means a cycle in a damaged file.
+const MAX_DEPTH: usize = 48;
+
+fn too_deep<P: Pages>(pages: &P, depth: usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(pages.corrupt(format!("tree deeper than {MAX_DEPTH} levels (a cycle?)")));
+    }
+    Ok(())
+}
+
 /// Value stored at `key`.
 pub fn get<'a, P: Pages>(pages: &'a P, root: PageId, key: &[u8]) -> Result<Option<&'a [u8]>> {
     if root == 0 {
         return Ok(None);
     }
     let mut id = root;
-    loop {
+    for depth in 0.. {
+        too_deep(pages, depth)?;
         let p = pages.node(id, None)?;
         if node_kind(p) == KIND_BRANCH {
             id = page::child(p, page::child_index(p, key));
@@ -46,6 +57,7 @@ pub fn get<'a, P: Pages>(pages: &'a P, root: PageId, key: &[u8]) -> Result<Optio
         }
         return Ok(page::search(p, key).ok().map(|i| page::value(p, i)));
     }
+    unreachable!("the loop above only returns")
 }
 
 /// A position in the tree: the path of (page, index) from the root to a leaf entry.
@@ -69,6 +81,7 @@ impl Cursor {
         }
         let mut id = root;
         loop {
+            too_deep(pages, self.stack.len())?;
             let p = pages.node(id, None)?;
             if node_kind(p) == KIND_BRANCH {
                 let ci = page::child_index(p, key);
@@ -106,6 +119,7 @@ impl Cursor {
                     }
                     let mut id = page::child(bp, ci + 1);
                     loop {
+                        too_deep(pages, self.stack.len())?;
                         let p = pages.node(id, None)?;
                         if node_kind(p) == KIND_BRANCH {
                             self.stack.push((id, 0));
@@ -163,7 +177,7 @@ pub fn put<W: PagesMut>(w: &mut W, root: PageId, key: &[u8], val: &[u8]) -> Resu
         page::insert_raw(p, 0, &e);
         return Ok((id, true));
     }
-    let (id, split, new) = insert(w, root, key, &e)?;
+    let (id, split, new) = insert(w, root, key, &e, 0)?;
     let Some((sep, right)) = split else {
         return Ok((id, new));
     };
@@ -184,7 +198,9 @@ fn insert<W: PagesMut>(
     id: PageId,
     key: &[u8],
     e: &[u8],
+    depth: usize,
 ) -> Result<(PageId, Split, bool)> {
+    too_deep(w, depth)?;
     let id = writable(w, id)?;
     let p = w.page_mut(id);
     if node_kind(p) == KIND_LEAF {
@@ -203,7 +219,7 @@ fn insert<W: PagesMut>(
     }
     let ci = page::child_index(p, key);
     let c = page::child(p, ci);
-    let (nc, split_child, new) = insert(w, c, key, e)?;
+    let (nc, split_child, new) = insert(w, c, key, e, depth + 1)?;
     let p = w.page_mut(id);
     page::set_child(p, ci, nc);
     let Some((sep, right)) = split_child else {
@@ -288,9 +304,13 @@ pub fn delete<W: PagesMut>(w: &mut W, root: PageId, key: &[u8]) -> Result<(PageI
     if root == 0 || get(w, root, key)?.is_none() {
         return Ok((root, false));
     }
-    let mut root = remove_rec(w, root, key)?.unwrap_or(0);
+    let mut root = remove_rec(w, root, key, 0)?.unwrap_or(0);
     // collapse branch roots with a single child
-    while root != 0 {
+    for depth in 0.. {
+        too_deep(w, depth)?;
+        if root == 0 {
+            break;
+        }
         let p = w.node(root, None)?;
         if node_kind(p) == KIND_BRANCH && page::count(p) == 0 {
             let only = page::link(p);
@@ -303,7 +323,13 @@ pub fn delete<W: PagesMut>(w: &mut W, root: PageId, key: &[u8]) -> Result<(PageI
     Ok((root, true))
 }
 
-fn remove_rec<W: PagesMut>(w: &mut W, id: PageId, key: &[u8]) -> Result<Option<PageId>> {
+fn remove_rec<W: PagesMut>(
+    w: &mut W,
+    id: PageId,
+    key: &[u8],
+    depth: usize,
+) -> Result<Option<PageId>> {
+    too_deep(w, depth)?;
     let id = writable(w, id)?;
     let p = w.page_mut(id);
     if node_kind(p) == KIND_LEAF {
@@ -318,7 +344,7 @@ fn remove_rec<W: PagesMut>(w: &mut W, id: PageId, key: &[u8]) -> Result<Option<P
     }
     let ci = page::child_index(p, key);
     let c = page::child(p, ci);
-    let nc = remove_rec(w, c, key)?;
+    let nc = remove_rec(w, c, key, depth + 1)?;
     let p = w.page_mut(id);
     match nc {
         Some(nc) => {

@@ -135,6 +135,9 @@ pub fn validate_node(p: &[u8]) -> Result<(), PageErr> {
     if slots_end > ds || ds > PAGE_SIZE {
         return Err(format!("bad node layout: {n} slots, data at {ds}"));
     }
+    if rd16(p, OFF_FRAG) as usize > PAGE_SIZE - ds {
+        return Err("fragmentation count exceeds the heap".into());
+    }
     for i in 0..n {
         let off = rd16(p, HEADER + 2 * i) as usize;
         if off < ds || off + 4 > PAGE_SIZE {
@@ -245,11 +248,11 @@ pub fn branch_entry(k: &[u8], c: PageId, out: &mut Vec<u8>) {
 
 /// Bytes still usable for entries (including fragmented holes reclaimed by compaction).
 pub fn free_space(p: &[u8]) -> usize {
-    data_start(p) - (HEADER + 2 * count(p)) + rd16(p, OFF_FRAG) as usize
+    data_start(p).saturating_sub(HEADER + 2 * count(p)) + rd16(p, OFF_FRAG) as usize
 }
 /// Bytes used by slots and entries.
 pub fn used_space(p: &[u8]) -> usize {
-    PAGE_SIZE - HEADER - free_space(p)
+    (PAGE_SIZE - HEADER).saturating_sub(free_space(p))
 }
 
 /// Insert raw entry `e` at slot `i`; false if it does not fit.

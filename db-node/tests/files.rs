@@ -173,3 +173,41 @@ fn second_process_is_refused() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_cycle_in_the_tree_is_an_error_not_a_hang() {
+    let dir = tmp("cycle");
+    populate(&dir);
+    let data = dir.join("data.db");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let (slot, mut meta) = (0..2)
+        .filter_map(|s| {
+            db_node::meta::Meta::decode(&bytes[s * 4096..(s + 1) * 4096])
+                .ok()
+                .map(|m| (s, m))
+        })
+        .max_by_key(|(_, m)| m.txn)
+        .unwrap();
+    let root = meta.root as usize;
+    let page = &mut bytes[root * 4096..(root + 1) * 4096];
+    assert_eq!(db_node::page::kind(page), db_node::page::KIND_BRANCH);
+    // the root's leftmost child becomes the root itself, with valid checksums everywhere
+    db_node::page::set_link(page, root as u64);
+    let sum = db_node::page::seal(page);
+    for w in meta.written.iter_mut().filter(|w| w.0 == root as u64) {
+        w.1 = sum;
+    }
+    meta.encode(&mut bytes[slot * 4096..(slot + 1) * 4096]);
+    std::fs::write(&data, &bytes).unwrap();
+    match Db::open(&dir, opts()) {
+        Err(e) => assert!(e.to_string().contains("data.db"), "{e}"),
+        Ok(db) => {
+            let e = db.get("items").unwrap_err();
+            assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+            assert!(db.children("items", None, 10).is_err());
+            assert!(!db.check().ok());
+            let _ = db.set("items/i0000", 5);
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
