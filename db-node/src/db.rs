@@ -14,7 +14,6 @@ use crate::store::{DataFile, Map, ProcessLock, RedoFile, DATA_FILE, REDO_FILE};
 use crate::tree::{self, Child};
 use crate::txn::WriteTxn;
 use crate::value::{Kind, Value};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -73,7 +72,9 @@ pub(crate) struct Head {
 struct Shared {
     head: Head,
     map: Arc<Map>,
-    readers: BTreeMap<u64, usize>,
+    /// Open snapshots: (transaction id, count). A short vector (few distinct ids are open at
+    /// once) that keeps its capacity, so taking a snapshot does not allocate.
+    readers: Vec<(u64, usize)>,
 }
 
 pub(crate) struct Writer {
@@ -171,7 +172,7 @@ impl Db {
         let shared = Shared {
             head,
             map: file.map.clone(),
-            readers: BTreeMap::new(),
+            readers: Vec::with_capacity(8),
         };
         let since = crate::commit::SinceCheckpoint {
             root: meta.root,
@@ -238,7 +239,10 @@ impl Db {
     pub fn snapshot(&self) -> Snapshot<'_> {
         let mut s = lock(&self.shared);
         let head = s.head;
-        *s.readers.entry(head.txn).or_insert(0) += 1;
+        match s.readers.iter_mut().find(|r| r.0 == head.txn) {
+            Some(r) => r.1 += 1,
+            None => s.readers.push((head.txn, 1)),
+        }
         Snapshot {
             db: self,
             map: s.map.clone(),
@@ -317,9 +321,9 @@ impl Db {
         let grant = self.locks.acquire(&segs, w.meta.fence)?;
         let oldest = lock(&self.shared)
             .readers
-            .keys()
-            .next()
-            .copied()
+            .iter()
+            .map(|r| r.0)
+            .min()
             .unwrap_or(w.meta.txn);
         w.alloc.reclaim(oldest);
         let result = self.run(&mut w, &grant, f);
@@ -424,10 +428,10 @@ pub struct Snapshot<'a> {
 impl Drop for Snapshot<'_> {
     fn drop(&mut self) {
         let mut s = lock(&self.db.shared);
-        if let Some(n) = s.readers.get_mut(&self.head.txn) {
-            *n -= 1;
-            if *n == 0 {
-                s.readers.remove(&self.head.txn);
+        if let Some(i) = s.readers.iter().position(|r| r.0 == self.head.txn) {
+            s.readers[i].1 -= 1;
+            if s.readers[i].1 == 0 {
+                s.readers.swap_remove(i);
             }
         }
     }
