@@ -8,7 +8,7 @@ use crate::registry::Peer;
 use crate::router::Session;
 use crate::Shared;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use protocol::{close_code, ErrorCode, LeaveReason};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,13 +36,14 @@ pub async fn run<S>(
     let peer = session.me.clone();
     let ns = session.ns.clone();
     let (sink, mut stream) = ws.split();
-    let started = Instant::now();
-    let last_heard = Arc::new(AtomicU64::new(0));
+    // Frames heard from the peer: bumped by the reader, watched by the keepalive watchdog (no
+    // clock reads on the hot path).
+    let heard = AtomicU64::new(0);
     let writer = tokio::spawn(write_loop(sink, peer.clone()));
 
     let reason = {
-        let read = read_loop(&mut stream, &mut session, &last_heard, started);
-        let watchdog = keepalive(&peer, &last_heard, started, shared.keepalive);
+        let read = read_loop(&mut stream, &mut session, &heard);
+        let watchdog = keepalive(&peer, &heard, shared.keepalive);
         tokio::select! {
             reason = read => reason,
             reason = peer.outbox.closed() => reason,
@@ -74,23 +75,25 @@ pub async fn run<S>(
     }
 }
 
-fn millis_since(started: Instant) -> u64 {
-    started.elapsed().as_millis() as u64
-}
-
 /// Reads and routes frames until the connection ends; returns why it ended.
 async fn read_loop<S>(
     stream: &mut SplitStream<WebSocketStream<S>>,
     session: &mut Session,
-    last_heard: &AtomicU64,
-    started: Instant,
+    heard: &AtomicU64,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let conn = session.me.conn;
     loop {
-        let message = match stream.next().await {
+        // Publish the local counters whenever the reader is about to wait.
+        let next = match stream.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                session.flush_counts();
+                stream.next().await
+            }
+        };
+        let message = match next {
             Some(Ok(message)) => message,
             Some(Err(WsError::Capacity(e))) => {
                 return CloseReason {
@@ -138,30 +141,22 @@ where
                 }
             }
         };
-        last_heard.store(millis_since(started), Ordering::Relaxed);
+        // Only this task writes `heard`, so a plain load and store suffice (no locked add).
+        heard.store(heard.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         match message {
             Message::Binary(bytes) => {
-                session.metrics.add(conn, Counter::FramesReceived, 1);
-                session
-                    .metrics
-                    .add(conn, Counter::BytesReceived, bytes.len() as u64);
+                session.note_received(bytes.len());
                 match protocol::decode_client(&bytes) {
                     Ok(frame) => session.route(frame).await,
                     Err(e) => session.error(ErrorCode::MalformedFrame, 0, "", e.to_string()),
                 }
-                // Time spent waiting for other peers' queues is not this peer's silence.
-                last_heard.store(millis_since(started), Ordering::Relaxed);
             }
             Message::Text(text) => {
-                session.metrics.add(conn, Counter::FramesReceived, 1);
-                session
-                    .metrics
-                    .add(conn, Counter::BytesReceived, text.len() as u64);
+                session.note_received(text.len());
                 match protocol::json::decode_client(&text) {
                     Ok(frame) => session.route(frame).await,
                     Err(e) => session.error(ErrorCode::MalformedFrame, 0, "", e.to_string()),
                 }
-                last_heard.store(millis_since(started), Ordering::Relaxed);
             }
             Message::Close(_) => {
                 return CloseReason {
@@ -176,22 +171,23 @@ where
 }
 
 /// Pings a quiet peer and returns once it has been silent for the whole keepalive timeout.
-async fn keepalive(
-    peer: &Peer,
-    last_heard: &AtomicU64,
-    started: Instant,
-    timeout: Duration,
-) -> CloseReason {
+async fn keepalive(peer: &Peer, heard: &AtomicU64, timeout: Duration) -> CloseReason {
     let timeout_ms = timeout.as_millis() as u64;
     let tick = (timeout / 8).max(Duration::from_millis(20));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_count = heard.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
     loop {
         interval.tick().await;
-        if peer.waiting_on_others.load(Ordering::Relaxed) {
+        let count = heard.load(Ordering::Relaxed);
+        // Time spent waiting for other peers' queues is not this peer's silence.
+        if count != last_count || peer.waiting_on_others.load(Ordering::Relaxed) {
+            last_count = count;
+            last_change = Instant::now();
             continue;
         }
-        let silent = millis_since(started).saturating_sub(last_heard.load(Ordering::Relaxed));
+        let silent = last_change.elapsed().as_millis() as u64;
         if silent >= timeout_ms {
             return CloseReason {
                 leave: LeaveReason::KeepaliveTimeout,

@@ -39,12 +39,16 @@ struct Inner {
     /// Bytes queued plus bytes taken by the writer and not yet flushed.
     bytes: usize,
     closed: Option<CloseReason>,
+    /// The writer found the queue empty and waits to be woken.
+    writer_parked: bool,
+    /// Senders waiting for space.
+    senders_waiting: usize,
 }
 
 /// See the module documentation.
 pub struct Outbox {
     inner: Mutex<Inner>,
-    /// Wakes the writer when the queue goes from empty to non-empty, or on close.
+    /// Wakes the parked writer.
     writer_wake: Notify,
     /// Wakes senders waiting for space, or for the close.
     space: Notify,
@@ -67,6 +71,8 @@ impl Outbox {
                 queue: VecDeque::new(),
                 bytes: 0,
                 closed: None,
+                writer_parked: false,
+                senders_waiting: 0,
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
@@ -75,20 +81,27 @@ impl Outbox {
         }
     }
 
-    /// Queues `message` if there is room; gives it back if there is not.
-    pub fn try_push(&self, message: Message) -> Result<(), (Message, PushError)> {
-        let w = weight(&message);
-        let mut inner = self.inner.lock();
+    /// Queues `message` under the lock if there is room; says whether the writer must be woken.
+    fn push_locked(
+        &self,
+        inner: &mut Inner,
+        message: Message,
+    ) -> Result<bool, (Message, PushError)> {
         if inner.closed.is_some() {
             return Err((message, PushError::Closed));
         }
+        let w = weight(&message);
         if inner.bytes > 0 && inner.bytes + w > self.limit {
             return Err((message, PushError::TimedOut));
         }
         inner.bytes += w;
         inner.queue.push_back(message);
-        let wake = inner.queue.len() == 1;
-        drop(inner);
+        Ok(std::mem::take(&mut inner.writer_parked))
+    }
+
+    /// Queues `message` if there is room; gives it back if there is not.
+    pub fn try_push(&self, message: Message) -> Result<(), (Message, PushError)> {
+        let wake = self.push_locked(&mut self.inner.lock(), message)?;
         if wake {
             self.writer_wake.notify_one();
         }
@@ -106,15 +119,13 @@ impl Outbox {
         }
         if inner.bytes + w > self.limit.saturating_mul(2) {
             drop(inner);
-            self.close(slow_consumer_reason(&format!(
-                "queue passed {} bytes",
-                self.limit.saturating_mul(2)
-            )));
+            let detail = format!("queue passed {} bytes", self.limit.saturating_mul(2));
+            self.close(slow_consumer_reason(&detail));
             return;
         }
         inner.bytes += w;
         inner.queue.push_back(message);
-        let wake = inner.queue.len() == 1;
+        let wake = std::mem::take(&mut inner.writer_parked);
         drop(inner);
         if wake {
             self.writer_wake.notify_one();
@@ -125,18 +136,32 @@ impl Outbox {
     pub async fn push(&self, message: Message, deadline: Instant) -> Result<(), PushError> {
         let mut message = message;
         loop {
+            // Register before checking, so a release between the check and the wait is seen.
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_push(message) {
-                Ok(()) => return Ok(()),
-                Err((_, PushError::Closed)) => return Err(PushError::Closed),
-                Err((m, PushError::TimedOut)) => message = m,
-            }
-            if tokio::time::timeout_at(deadline.into(), notified)
-                .await
-                .is_err()
             {
+                let mut inner = self.inner.lock();
+                match self.push_locked(&mut inner, message) {
+                    Ok(wake) => {
+                        drop(inner);
+                        if wake {
+                            self.writer_wake.notify_one();
+                        }
+                        return Ok(());
+                    }
+                    Err((_, PushError::Closed)) => return Err(PushError::Closed),
+                    Err((m, PushError::TimedOut)) => {
+                        message = m;
+                        inner.senders_waiting += 1;
+                    }
+                }
+            }
+            let timed_out = tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err();
+            self.inner.lock().senders_waiting -= 1;
+            if timed_out {
                 // One last try: space may have freed between the wake-up and the timeout.
                 return self.try_push(message).map_err(|(_, e)| e);
             }
@@ -144,12 +169,9 @@ impl Outbox {
     }
 
     /// Waits for queued messages and moves them all into `batch`; returns the bytes taken (to be
-    /// passed to [`Outbox::release`] once written), or `None` once closed and drained.
+    /// passed to [`Outbox::release`] once written), or `None` once closed.
     pub async fn next_batch(&self, batch: &mut Vec<Message>) -> Option<usize> {
         loop {
-            let notified = self.writer_wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             {
                 let mut inner = self.inner.lock();
                 if inner.closed.is_some() {
@@ -163,8 +185,11 @@ impl Outbox {
                     }
                     return Some(taken);
                 }
+                inner.writer_parked = true;
             }
-            notified.await;
+            // A push after we parked calls notify_one, which leaves a permit if we are not
+            // waiting yet, so no wake-up is lost.
+            self.writer_wake.notified().await;
         }
     }
 
@@ -172,8 +197,11 @@ impl Outbox {
     pub fn release(&self, bytes: usize) {
         let mut inner = self.inner.lock();
         inner.bytes = inner.bytes.saturating_sub(bytes);
+        let wake = inner.senders_waiting > 0;
         drop(inner);
-        self.space.notify_waiters();
+        if wake {
+            self.space.notify_waiters();
+        }
     }
 
     /// Closes the outbox (first reason wins); queued messages are dropped, waiters woken.

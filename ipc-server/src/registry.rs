@@ -55,6 +55,16 @@ impl<'a> LazyFrame<'a> {
         }
     }
 
+    /// The frame in `encoding`, moved out: for the last receiver, which then needs no shared
+    /// reference count.
+    pub fn take(&mut self, encoding: Encoding) -> Message {
+        let slot = match encoding {
+            Encoding::Binary => &mut self.binary,
+            Encoding::Json => &mut self.json,
+        };
+        slot.take().unwrap_or_else(|| encode(&self.frame, encoding))
+    }
+
     /// The frame as a websocket message in `encoding` (cheap clone after the first call).
     pub fn get(&mut self, encoding: Encoding) -> Message {
         let slot = match encoding {

@@ -9,6 +9,7 @@ use crate::registry::{encode, LazyFrame, Namespace, Peer};
 use protocol::{ClientFrame, ErrorCode, ServerFrame, Target};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,13 +20,66 @@ pub struct Limits {
     pub slow_consumer: Duration,
 }
 
-/// Destinations resolved at one namespace generation.
+/// A fast, non-cryptographic hasher (the multiply-rotate scheme of rustc's FxHash) for the
+/// per-connection caches. Their keys come from that connection's own peer, which can at worst
+/// slow down its own cache, and a cache is cleared at [`CACHE_LIMIT`] entries anyway.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Destinations resolved at one namespace generation. Subjects are validated when they are
+/// first resolved, so a cached subject is known to be valid.
 #[derive(Default)]
 struct RouteCache {
     generation: u64,
-    peers: HashMap<Box<str>, Option<Arc<Peer>>>,
-    subjects: HashMap<Box<str>, Arc<[Arc<Peer>]>>,
+    peers: FastMap<Box<str>, Option<Arc<Peer>>>,
+    subjects: FastMap<Box<str>, Arc<[Arc<Peer>]>>,
     others: Option<Arc<[Arc<Peer>]>>,
+}
+
+/// Counters kept per connection and added to the shared metrics when the reader goes idle.
+#[derive(Default)]
+struct LocalCounts {
+    frames: u64,
+    bytes_in: u64,
+    routed: u64,
+    bytes_routed: u64,
 }
 
 /// Entries a cache may hold before it is simply cleared.
@@ -49,6 +103,7 @@ pub struct Session {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     cache: RouteCache,
+    counts: LocalCounts,
 }
 
 /// Where a request-deadline check applies during delivery.
@@ -66,11 +121,32 @@ impl Session {
             metrics,
             limits,
             cache: RouteCache::default(),
+            counts: LocalCounts::default(),
         }
     }
 
     fn count(&self, counter: Counter, n: u64) {
         self.metrics.add(self.me.conn, counter, n);
+    }
+
+    /// Counts one received frame of `len` bytes.
+    #[inline]
+    pub fn note_received(&mut self, len: usize) {
+        self.counts.frames += 1;
+        self.counts.bytes_in += len as u64;
+    }
+
+    /// Adds the locally kept counters to the shared metrics.
+    pub fn flush_counts(&mut self) {
+        let c = std::mem::take(&mut self.counts);
+        if c.frames > 0 {
+            self.count(Counter::FramesReceived, c.frames);
+            self.count(Counter::BytesReceived, c.bytes_in);
+        }
+        if c.routed > 0 {
+            self.count(Counter::MessagesRouted, c.routed);
+            self.count(Counter::BytesRouted, c.bytes_routed);
+        }
     }
 
     /// Sends an error frame back to this peer.
@@ -105,14 +181,15 @@ impl Session {
         found
     }
 
-    fn subscribers(&mut self, subject: &str) -> Arc<[Arc<Peer>]> {
+    fn subscribers(&mut self, subject: &str) -> Result<Arc<[Arc<Peer>]>, protocol::NameError> {
         self.cache.sync(self.ns.generation());
         if let Some(found) = self.cache.subjects.get(subject) {
-            return found.clone();
+            return Ok(found.clone());
         }
+        protocol::validate_subject(subject)?;
         let found: Arc<[Arc<Peer>]> = self.ns.subscribers(subject).into();
         self.cache.subjects.insert(subject.into(), found.clone());
-        found
+        Ok(found)
     }
 
     fn others(&mut self) -> Arc<[Arc<Peer>]> {
@@ -154,7 +231,8 @@ impl Session {
                             from: self.me.id.as_ref().into(),
                             payload,
                         };
-                        self.deliver(&[dest], LazyFrame::new(frame), None).await;
+                        let routed = self.deliver(&[dest], LazyFrame::new(frame), None).await;
+                        self.tally(routed);
                     }
                     None => self.unknown_peer(&to, 0),
                 }
@@ -168,16 +246,19 @@ impl Session {
                     from: self.me.id.as_ref().into(),
                     payload,
                 };
-                self.deliver(&dests, LazyFrame::new(frame), None).await;
+                let routed = self.deliver(&dests, LazyFrame::new(frame), None).await;
+                self.tally(routed);
             }
             ClientFrame::Publish { subject, payload } => {
                 if !self.payload_ok(&payload, 0) {
                     return;
                 }
-                if let Err(e) = protocol::validate_subject(&subject) {
-                    return self.error(ErrorCode::InvalidName, 0, &subject, e.to_string());
-                }
-                let dests = self.subscribers(&subject);
+                let dests = match self.subscribers(&subject) {
+                    Ok(dests) => dests,
+                    Err(e) => {
+                        return self.error(ErrorCode::InvalidName, 0, &subject, e.to_string())
+                    }
+                };
                 if dests.is_empty() {
                     return;
                 }
@@ -186,7 +267,8 @@ impl Session {
                     subject,
                     payload,
                 };
-                self.deliver(&dests, LazyFrame::new(frame), None).await;
+                let routed = self.deliver(&dests, LazyFrame::new(frame), None).await;
+                self.tally(routed);
             }
             ClientFrame::Subscribe { pattern } => match protocol::validate_pattern(&pattern) {
                 Ok(()) => self.ns.subscribe(&self.me, &pattern),
@@ -215,7 +297,8 @@ impl Session {
                             corr,
                             payload,
                         };
-                        self.deliver(&[dest], LazyFrame::new(frame), None).await;
+                        let routed = self.deliver(&[dest], LazyFrame::new(frame), None).await;
+                        self.tally(routed);
                     }
                     None => self.unknown_peer(&to, 0),
                 }
@@ -265,10 +348,12 @@ impl Session {
                 None => return self.unknown_peer(id, corr),
             },
             Target::Subject(subject) => {
-                if let Err(e) = protocol::validate_subject(subject) {
-                    return self.error(ErrorCode::InvalidName, corr, subject, e.to_string());
-                }
-                let responders = self.subscribers(subject);
+                let responders = match self.subscribers(subject) {
+                    Ok(responders) => responders,
+                    Err(e) => {
+                        return self.error(ErrorCode::InvalidName, corr, subject, e.to_string())
+                    }
+                };
                 if responders.is_empty() {
                     return self.error(
                         ErrorCode::NoResponders,
@@ -304,11 +389,16 @@ impl Session {
         dests: &[Arc<Peer>],
         mut frame: LazyFrame<'_>,
         request: Option<RequestInfo<'_>>,
-    ) {
+    ) -> (u64, u64) {
         let mut delivered = 0u64;
         let mut bytes = 0u64;
-        for dest in dests {
-            let message = frame.get(dest.encoding);
+        for (i, dest) in dests.iter().enumerate() {
+            // The last destination takes the encoded frame instead of sharing it.
+            let message = if i + 1 == dests.len() {
+                frame.take(dest.encoding)
+            } else {
+                frame.get(dest.encoding)
+            };
             let len = message.len() as u64;
             let message = match dest.outbox.try_push(message) {
                 Ok(()) => {
@@ -355,7 +445,12 @@ impl Session {
                 },
             }
         }
-        self.count(Counter::MessagesRouted, delivered);
-        self.count(Counter::BytesRouted, bytes);
+        (delivered, bytes)
+    }
+
+    /// Adds what one delivery routed to the local counters.
+    fn tally(&mut self, (delivered, bytes): (u64, u64)) {
+        self.counts.routed += delivered;
+        self.counts.bytes_routed += bytes;
     }
 }
