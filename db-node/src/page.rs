@@ -153,7 +153,7 @@ pub fn validate_node(p: &[u8]) -> Result<(), PageErr> {
 
 /// Bounds-checked u16 read: 0 outside the page (the readers' accessors never panic on a
 /// damaged page; `check` and copy-on-write run [`validate_node`] to report the damage).
-#[inline]
+#[inline(always)]
 fn rd16s(p: &[u8], o: usize) -> u16 {
     match p.get(o..o + 2) {
         Some(b) => u16::from_le_bytes([b[0], b[1]]),
@@ -212,11 +212,18 @@ pub fn raw_entry(p: &[u8], i: usize) -> &[u8] {
 }
 
 /// Binary search: `Ok(i)` if entry `i` has `k`, else `Err(insertion point)`.
+#[inline]
 pub fn search(p: &[u8], k: &[u8]) -> Result<usize, usize> {
-    let (mut lo, mut hi) = (0, count(p));
+    let key_at = if kind(p) == KIND_LEAF { 4 } else { 2 };
+    let n = count(p);
+    let (mut lo, mut hi) = (0, n);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        match key(p, mid).cmp(k) {
+        // same as `key(p, mid)`, with the kind test hoisted out of the loop
+        let o = rd16s(p, HEADER + 2 * mid) as usize;
+        let kl = rd16s(p, o) as usize;
+        let probe = p.get(o + key_at..o + key_at + kl).unwrap_or(&[]);
+        match probe.cmp(k) {
             std::cmp::Ordering::Less => lo = mid + 1,
             std::cmp::Ordering::Greater => hi = mid,
             std::cmp::Ordering::Equal => return Ok(mid),
