@@ -4,7 +4,7 @@
 
 use crate::metrics::Counter;
 use crate::outbox::CloseReason;
-use crate::registry::Peer;
+use crate::registry::{Encoding, Peer};
 use crate::router::Session;
 use crate::Shared;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -69,7 +69,7 @@ pub async fn run<S>(
     }
     let leave = reason.leave;
     peer.outbox.close(reason);
-    shared.registry.leave(&ns, &peer, leave);
+    shared.registry_for(peer.encoding).leave(&ns, &peer, leave);
     if tokio::time::timeout(CLOSE_GRACE * 2, writer).await.is_err() {
         tracing::debug!(peer = %peer.id, "writer did not finish in time");
     }
@@ -153,6 +153,14 @@ where
             }
             Message::Text(text) => {
                 session.note_received(text.len());
+                if session.me.encoding == Encoding::AceBase {
+                    match crate::acebase::parse(&text) {
+                        Ok(Some(frame)) => session.route(frame).await,
+                        Ok(None) => {}
+                        Err(e) => session.error(ErrorCode::MalformedFrame, 0, "", e),
+                    }
+                    continue;
+                }
                 match protocol::json::decode_client(&text) {
                     Ok(frame) => session.route(frame).await,
                     Err(e) => session.error(ErrorCode::MalformedFrame, 0, "", e.to_string()),

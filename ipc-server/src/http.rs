@@ -145,6 +145,55 @@ pub fn percent_decode(input: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("a Content-Length header is required")]
+    NoLength,
+    #[error("body of {0} bytes exceeds the limit of {1}")]
+    TooLarge(usize, usize),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BodyError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            BodyError::NoLength => 411,
+            BodyError::TooLarge(..) => 413,
+            BodyError::Io(_) => 400,
+        }
+    }
+}
+
+/// Reads the body announced by `Content-Length`, at most `limit` bytes.
+pub async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    req: &Request,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    let len: usize = req
+        .header("content-length")
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(BodyError::NoLength)?;
+    if len > limit {
+        return Err(BodyError::TooLarge(len, limit));
+    }
+    let mut body = req.rest.clone();
+    body.truncate(len);
+    if body.len() < len {
+        let mut more = vec![0u8; len - body.len()];
+        tokio::time::timeout(HEAD_TIMEOUT, stream.read_exact(&mut more))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "body not received in time")
+            })??;
+        body.extend_from_slice(&more);
+    }
+    Ok(body)
+}
+
 /// Writes a complete response and closes the exchange.
 pub async fn respond<S: AsyncWrite + Unpin>(
     stream: &mut S,
@@ -189,7 +238,9 @@ pub fn reason_phrase(status: u16) -> &'static str {
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
+        403 => "Forbidden",
         405 => "Method Not Allowed",
+        411 => "Length Required",
         409 => "Conflict",
         413 => "Payload Too Large",
         426 => "Upgrade Required",

@@ -11,6 +11,7 @@
 //! connection runs in [`connection`], routes each frame through [`router`] against the
 //! [`registry`] (namespaces, members, [`subjects`]) and delivers into [`outbox`]es.
 
+pub mod acebase;
 pub mod auth;
 pub mod config;
 pub mod connection;
@@ -30,12 +31,33 @@ use std::time::{Duration, Instant};
 /// State shared by every connection of one server.
 pub struct Shared {
     pub registry: registry::Registry,
+    /// AceBase peers, kept apart from native ones.
+    pub acebase: registry::Registry,
     pub metrics: Arc<metrics::Metrics>,
     pub token: Option<auth::Token>,
     pub limits: router::Limits,
     pub keepalive: Duration,
     pub queue_bytes: usize,
     pub started: Instant,
+}
+
+impl Shared {
+    /// The registry a peer of this encoding belongs to.
+    pub fn registry_for(&self, encoding: registry::Encoding) -> &registry::Registry {
+        match encoding {
+            registry::Encoding::AceBase => &self.acebase,
+            _ => &self.registry,
+        }
+    }
+
+    /// Limits for AceBase sessions: AceBase measures its limit in UTF-16 characters of a JSON
+    /// string, which may take up to 3 bytes each.
+    pub fn acebase_limits(&self) -> router::Limits {
+        router::Limits {
+            max_payload: self.limits.max_payload.saturating_mul(3),
+            slow_consumer: self.limits.slow_consumer,
+        }
+    }
 }
 
 pub use config::{Config, ConfigError, Settings};

@@ -16,11 +16,23 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio_tungstenite::tungstenite::Message;
 
-/// How a peer wants its frames: bincode binary frames or JSON text frames.
+/// How a peer wants its frames: bincode binary frames, JSON text frames, or the text framing of
+/// the AceBase IPC server (see [`crate::acebase`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
-    Binary,
-    Json,
+    Binary = 0,
+    Json = 1,
+    AceBase = 2,
+}
+
+impl Encoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Binary => "binary",
+            Encoding::Json => "json",
+            Encoding::AceBase => "acebase",
+        }
+    }
 }
 
 /// A connected peer, as the router sees it.
@@ -42,45 +54,51 @@ pub struct Peer {
 /// A server frame encoded lazily, at most once per encoding, for fan-out.
 pub struct LazyFrame<'a> {
     frame: ServerFrame<'a>,
-    binary: Option<Message>,
-    json: Option<Message>,
+    slots: [Option<Message>; 3],
 }
 
 impl<'a> LazyFrame<'a> {
     pub fn new(frame: ServerFrame<'a>) -> Self {
         LazyFrame {
             frame,
-            binary: None,
-            json: None,
+            slots: Default::default(),
         }
     }
 
     /// The frame in `encoding`, moved out: for the last receiver, which then needs no shared
-    /// reference count.
-    pub fn take(&mut self, encoding: Encoding) -> Message {
-        let slot = match encoding {
-            Encoding::Binary => &mut self.binary,
-            Encoding::Json => &mut self.json,
-        };
-        slot.take().unwrap_or_else(|| encode(&self.frame, encoding))
+    /// reference count. `None` if the encoding has no such frame.
+    pub fn take(&mut self, encoding: Encoding) -> Option<Message> {
+        self.slots[encoding as usize]
+            .take()
+            .or_else(|| encode(&self.frame, encoding))
     }
 
     /// The frame as a websocket message in `encoding` (cheap clone after the first call).
-    pub fn get(&mut self, encoding: Encoding) -> Message {
-        let slot = match encoding {
-            Encoding::Binary => &mut self.binary,
-            Encoding::Json => &mut self.json,
-        };
-        slot.get_or_insert_with(|| encode(&self.frame, encoding))
-            .clone()
+    pub fn get(&mut self, encoding: Encoding) -> Option<Message> {
+        let slot = &mut self.slots[encoding as usize];
+        if slot.is_none() {
+            *slot = encode(&self.frame, encoding);
+        }
+        slot.clone()
     }
 }
 
-/// Encodes one server frame for one peer.
-pub fn encode(frame: &ServerFrame<'_>, encoding: Encoding) -> Message {
+/// Encodes one server frame for one peer; `None` when the peer's dialect has no such frame
+/// (AceBase peers get no errors, pongs with nonces, topics or requests).
+pub fn encode(frame: &ServerFrame<'_>, encoding: Encoding) -> Option<Message> {
     match encoding {
-        Encoding::Binary => Message::Binary(protocol::encode_server(frame).into()),
-        Encoding::Json => Message::Text(protocol::json::encode_server(frame).into()),
+        Encoding::Binary => Some(Message::Binary(protocol::encode_server(frame).into())),
+        Encoding::Json => Some(Message::Text(protocol::json::encode_server(frame).into())),
+        Encoding::AceBase => crate::acebase::encode(frame).map(|text| Message::Text(text.into())),
+    }
+}
+
+impl Peer {
+    /// Queues a control frame (never waits), if the peer's dialect has it.
+    pub fn send_control(&self, frame: &ServerFrame<'_>) {
+        if let Some(message) = encode(frame, self.encoding) {
+            self.outbox.push_control(message);
+        }
     }
 }
 
@@ -280,13 +298,15 @@ impl Registry {
             keepalive_ms: req.keepalive_ms,
             members,
         });
-        peer.outbox.push_control(encode(&welcome, peer.encoding));
+        peer.send_control(&welcome);
         let mut joined = LazyFrame::new(ServerFrame::Joined {
             peer: req.id.into(),
             epoch: peer.epoch,
         });
         for other in state.peers.values() {
-            other.outbox.push_control(joined.get(other.encoding));
+            if let Some(m) = joined.get(other.encoding) {
+                other.outbox.push_control(m);
+            }
         }
         state.peers.insert(peer.id.clone(), peer.clone());
         drop(state);
@@ -312,7 +332,9 @@ impl Registry {
             reason,
         });
         for other in state.peers.values() {
-            other.outbox.push_control(left.get(other.encoding));
+            if let Some(m) = left.get(other.encoding) {
+                other.outbox.push_control(m);
+            }
         }
         let empty = state.peers.is_empty();
         drop(state);

@@ -5,7 +5,7 @@
 
 use crate::metrics::{Counter, Metrics};
 use crate::outbox::{slow_consumer_reason, PushError};
-use crate::registry::{encode, LazyFrame, Namespace, Peer};
+use crate::registry::{LazyFrame, Namespace, Peer};
 use protocol::{ClientFrame, ErrorCode, ServerFrame, Target};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -166,9 +166,7 @@ impl Session {
             target: target.into(),
             message: message.into(),
         };
-        self.me
-            .outbox
-            .push_control(encode(&frame, self.me.encoding));
+        self.me.send_control(&frame);
     }
 
     fn peer(&mut self, id: &str) -> Option<Arc<Peer>> {
@@ -303,10 +301,7 @@ impl Session {
                     None => self.unknown_peer(&to, 0),
                 }
             }
-            ClientFrame::Ping { nonce } => self
-                .me
-                .outbox
-                .push_control(encode(&ServerFrame::Pong { nonce }, self.me.encoding)),
+            ClientFrame::Ping { nonce } => self.me.send_control(&ServerFrame::Pong { nonce }),
         }
     }
 
@@ -399,6 +394,7 @@ impl Session {
             } else {
                 frame.get(dest.encoding)
             };
+            let Some(message) = message else { continue };
             let len = message.len() as u64;
             let message = match dest.outbox.try_push(message) {
                 Ok(()) => {

@@ -37,6 +37,7 @@ impl Server {
         let listener = TcpListener::bind((settings.host.as_str(), settings.port)).await?;
         let shared = Arc::new(Shared {
             registry: Default::default(),
+            acebase: Default::default(),
             metrics: Default::default(),
             token: settings.token,
             limits: settings.limits,
@@ -158,6 +159,16 @@ where
                 &body,
             )
             .await
+        }
+        (_, path)
+            if protocol::parse_connect_path(path).is_none()
+                && crate::acebase::parse_path(path).is_some() =>
+        {
+            let Some((db, action)) = crate::acebase::parse_path(path) else {
+                return;
+            };
+            let db = db.to_owned();
+            return crate::acebase::handle(stream, req, db, action, shared, shutdown).await;
         }
         (method, path) => match protocol::parse_connect_path(path) {
             Some(cp) if method != "GET" => {
@@ -300,7 +311,7 @@ async fn peers<S: AsyncWrite + Unpin>(
             serde_json::json!({
                 "id": id.as_ref(),
                 "epoch": epoch,
-                "encoding": if encoding == Encoding::Json { "json" } else { "binary" },
+                "encoding": encoding.name(),
                 "subscriptions": subscriptions,
                 "connected_at_ms": since_ms,
             })

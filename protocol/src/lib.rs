@@ -14,6 +14,7 @@ mod names;
 
 pub use binary::{decode_client, decode_server, encode_client, encode_server, DecodeError};
 pub use frames::{ClientFrame, ErrorCode, LeaveReason, Member, ServerFrame, Target, Welcome};
+pub use names::MAX_NAME_LEN;
 pub use names::{
     connect_path, parse_connect_path, subject_matches, validate_namespace, validate_pattern,
     validate_peer_id, validate_subject, ConnectPath, NameError,
