@@ -13,9 +13,11 @@
 //! * **Logged** (`sync` mode, small commits): the tree pages are written to the map but not
 //!   flushed; the meta keeps pointing at the last checkpoint and carries a redo log of every
 //!   record change since it. It goes to the redo file, which is flushed on its own: one page
-//!   write plus one fdatasync of a small file per commit. Pages freed since
-//!   the checkpoint stay untouched until the next checkpoint is durable, so the checkpoint's
-//!   tree stays intact on disk; an open replays the log on top of it. A checkpoint happens when
+//!   write plus one fdatasync of a small file per commit. Pages of the checkpoint's tree that
+//!   logged commits replace stay untouched until the next checkpoint is durable, so that tree
+//!   stays intact on disk; an open replays the log on top of it. Pages allocated and replaced
+//!   again since the checkpoint belong to no durable state and are reused as soon as no
+//!   snapshot reads them. A checkpoint happens when
 //!   the log is full, for a commit too big to log, and on `check` and close.
 //!
 //! In `nosync` mode every commit is a checkpoint without flushes.
@@ -45,7 +47,10 @@ pub(crate) struct SinceCheckpoint {
     pub root: PageId,
     pub records: u64,
     pub page_count: u64,
-    pub allocated: Vec<PageId>,
+    /// Pages allocated by logged commits since the checkpoint and still in use.
+    pub allocated: HashSet<PageId>,
+    /// Pages of the checkpoint's tree that logged commits replaced: kept until the next
+    /// checkpoint is durable.
     pub retired: Vec<PageId>,
     pub log: Vec<u8>,
 }
@@ -115,8 +120,18 @@ pub(crate) fn commit(w: &mut Writer, c: Changes) -> Result<Head> {
     w.since
         .log
         .extend_from_slice(c.log.as_deref().unwrap_or(&[]));
-    w.since.allocated.extend_from_slice(&c.allocated);
-    w.since.retired.extend_from_slice(&c.retired);
+    w.since.allocated.extend(c.allocated.iter().copied());
+    // Pages allocated since the checkpoint and replaced again are in no durable state: recovery
+    // rebuilds from the checkpoint's tree and the redo log. They only wait for readers.
+    let mut recycle = Vec::new();
+    for &p in &c.retired {
+        if w.since.allocated.remove(&p) {
+            recycle.push(p);
+        } else {
+            w.since.retired.push(p);
+        }
+    }
+    w.alloc.retire(c.txn, recycle);
     let m = Meta {
         txn: c.txn,
         root: w.since.root,
@@ -155,7 +170,8 @@ fn finish(w: &mut Writer, c: &Changes) -> Result<Head> {
 }
 
 fn checkpoint(w: &mut Writer, c: Changes) -> Result<Head> {
-    let mut allocated = std::mem::take(&mut w.since.allocated);
+    let mut allocated: Vec<PageId> = std::mem::take(&mut w.since.allocated).into_iter().collect();
+    let from_logged = allocated.len();
     allocated.extend_from_slice(&c.allocated);
     let mut retired = std::mem::take(&mut w.since.retired);
     retired.extend_from_slice(&c.retired);
@@ -167,7 +183,7 @@ fn checkpoint(w: &mut Writer, c: Changes) -> Result<Head> {
     w.file.ensure_pages(w.alloc.page_count())?;
     // SAFETY: `extra` are pages the allocator just handed to this commit.
     unsafe { w.alloc.write_pages(&w.file.map, c.txn, &extra) };
-    let gone: HashSet<PageId> = if retired.is_empty() || allocated.len() == c.allocated.len() {
+    let gone: HashSet<PageId> = if retired.is_empty() || from_logged == 0 {
         HashSet::new()
     } else {
         retired.iter().copied().collect()
