@@ -16,7 +16,6 @@ pub const MAX_KEY: usize = 512;
 /// Largest value stored inline in a leaf; longer values are chunked by the tree layer.
 pub const MAX_INLINE_VALUE: usize = 1024;
 
-pub const KIND_META: u8 = 1;
 pub const KIND_BRANCH: u8 = 2;
 pub const KIND_LEAF: u8 = 3;
 pub const KIND_BITMAP: u8 = 4;
