@@ -50,6 +50,21 @@ impl Shared {
         }
     }
 
+    /// (namespace, dialect, peer count) of every namespace of both registries.
+    pub fn census(&self) -> Vec<(String, &'static str, usize)> {
+        let native = self
+            .registry
+            .census()
+            .into_iter()
+            .map(|(ns, n)| (ns, "native", n));
+        let acebase = self
+            .acebase
+            .census()
+            .into_iter()
+            .map(|(ns, n)| (ns, "acebase", n));
+        native.chain(acebase).collect()
+    }
+
     /// Limits for AceBase sessions: AceBase measures its limit in UTF-16 characters of a JSON
     /// string, which may take up to 3 bytes each.
     pub fn acebase_limits(&self) -> router::Limits {

@@ -63,8 +63,8 @@ impl Metrics {
             .sum()
     }
 
-    /// Prometheus text exposition; `peers` lists (namespace, peer count).
-    pub fn render(&self, peers: &[(String, usize)]) -> String {
+    /// Prometheus text exposition; `peers` lists (namespace, dialect, peer count).
+    pub fn render(&self, peers: &[(String, &'static str, usize)]) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -75,9 +75,10 @@ impl Metrics {
         let one = |c: Counter| vec![(String::new(), self.get(c))];
         let peer_lines: Vec<(String, u64)> = peers
             .iter()
-            .map(|(ns, n)| {
+            .map(|(ns, dialect, n)| {
+                let ns = ns.replace(['"', '\\'], "_");
                 (
-                    format!("{{namespace=\"{}\"}}", ns.replace(['"', '\\'], "_")),
+                    format!("{{namespace=\"{ns}\",dialect=\"{dialect}\"}}"),
                     *n as u64,
                 )
             })

@@ -139,7 +139,7 @@ where
     let result = match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/health") => health(&mut stream, &shared).await,
         ("GET", "/metrics") => {
-            let text = shared.metrics.render(&shared.registry.census());
+            let text = shared.metrics.render(&shared.census());
             respond(
                 &mut stream,
                 200,
@@ -206,14 +206,14 @@ where
 }
 
 async fn health<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared) -> std::io::Result<()> {
-    let census = shared.registry.census();
+    let census = shared.census();
     let body = serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "protocol_versions": protocol::SUPPORTED_VERSIONS.iter().map(|v| format!("v{v}")).collect::<Vec<_>>(),
         "uptime_s": shared.started.elapsed().as_secs(),
         "namespaces": census.len(),
-        "peers": census.iter().map(|(_, n)| n).sum::<usize>(),
+        "peers": census.iter().map(|(_, _, n)| n).sum::<usize>(),
     });
     respond(
         stream,
