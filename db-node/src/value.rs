@@ -20,7 +20,7 @@ pub const T_CHUNKED: u8 = 9;
 pub const T_CHUNK: u8 = 10;
 /// Bytes per chunk record of a long string or binary value.
 pub const CHUNK: usize = 1000;
-const _: () = assert!(CHUNK + 1 <= crate::page::MAX_INLINE_VALUE);
+const _: () = assert!(CHUNK < crate::page::MAX_INLINE_VALUE);
 
 /// A value in the tree.
 #[derive(Clone, Debug, PartialEq)]
