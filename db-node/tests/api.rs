@@ -296,3 +296,24 @@ fn readers_see_whole_commits_while_pages_are_reused() {
     assert!(r.ok(), "{:?}", r.problems);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn concurrent_transactions_from_threads_lose_nothing() {
+    let dir = tmp();
+    let db = Db::open(&dir, opts()).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..500 {
+                    db.transaction("counter", |v| match v {
+                        Value::Int(i) => Some(Value::Int(i + 1)),
+                        _ => Some(Value::Int(1)),
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(db.get("counter").unwrap(), Value::Int(2000));
+    std::fs::remove_dir_all(dir).unwrap();
+}
