@@ -355,6 +355,10 @@ impl Db {
                 Err(e)
             }
             Ok(r) => {
+                if let Err(e) = self.locks.validate(grant) {
+                    t.abort();
+                    return Err(e);
+                }
                 let (info, head) = t.commit()?;
                 Ok((r, info, head))
             }

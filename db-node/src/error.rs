@@ -36,6 +36,8 @@ pub enum Error {
     Full(String),
     #[error("transaction aborted: {0}")]
     Aborted(String),
+    #[error("write right lost before the commit: {0}")]
+    Fenced(String),
 }
 
 impl Error {

@@ -30,6 +30,11 @@ pub trait LockProvider: Send + Sync {
     fn acquire(&self, paths: &[Vec<Segment>], floor: u64) -> Result<Grant>;
     /// Give the right back (after commit or abort).
     fn release(&self, grant: &Grant);
+    /// Called in the commit step, right before the commit is written: refuse a grant that has
+    /// expired or been superseded (a master compares fencing tokens and leases here).
+    fn validate(&self, _grant: &Grant) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Single-process provider: issues increasing fencing tokens.

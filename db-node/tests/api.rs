@@ -317,3 +317,56 @@ fn concurrent_transactions_from_threads_lose_nothing() {
     assert_eq!(db.get("counter").unwrap(), Value::Int(2000));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_commit_under_a_lost_grant_is_refused() {
+    use db_node::{Error, Grant, LockProvider};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct Flaky(AtomicBool);
+    impl LockProvider for Flaky {
+        fn acquire(&self, paths: &[Vec<Segment>], floor: u64) -> db_node::Result<Grant> {
+            Ok(Grant {
+                paths: paths.to_vec(),
+                token: floor + 10,
+            })
+        }
+        fn release(&self, _: &Grant) {}
+        fn validate(&self, g: &Grant) -> db_node::Result<()> {
+            if self.0.load(Ordering::Relaxed) {
+                Err(Error::Fenced(format!("token {} superseded", g.token)))
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let dir = tmp();
+    let locks = std::sync::Arc::new(Flaky(AtomicBool::new(false)));
+    let db = Db::open(
+        &dir,
+        Options {
+            durability: Durability::NoSync,
+            locks: Some(locks.clone()),
+        },
+    )
+    .unwrap();
+    let info = db.set("a", 1).unwrap();
+    assert_eq!(info.fence, 10);
+    locks.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(db.set("a", 2), Err(Error::Fenced(_))));
+    assert_eq!(db.get("a").unwrap(), Value::Int(1));
+    locks.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        db.set("a", 3).unwrap().fence,
+        20,
+        "tokens grow above the stored high-water"
+    );
+    drop(db);
+    let db = Db::open(&dir, opts()).unwrap();
+    assert_eq!(
+        db.set("b", 1).unwrap().fence,
+        21,
+        "the high-water survives a reopen"
+    );
+    assert!(db.check().ok());
+    std::fs::remove_dir_all(dir).unwrap();
+}
