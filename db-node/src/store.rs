@@ -187,6 +187,12 @@ impl RedoFile {
             file.write_all_at(&vec![0u8; 2 * PAGE_SIZE - len as usize], len)
                 .and_then(|_| file.sync_all())
                 .map_err(|e| Error::io(&path, e))?;
+            // make the new directory entry durable too, before any commit relies on the file
+            if let Some(dir) = path.parent() {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| Error::io(dir, e))?;
+            }
         }
         Ok(RedoFile { path, file })
     }
