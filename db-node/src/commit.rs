@@ -44,6 +44,8 @@ pub(crate) struct Changes {
 /// The state on disk at the last checkpoint, and what happened since.
 #[derive(Default)]
 pub(crate) struct SinceCheckpoint {
+    /// Transaction id of the checkpoint.
+    pub txn: u64,
     pub root: PageId,
     pub records: u64,
     pub page_count: u64,
@@ -143,6 +145,7 @@ pub(crate) fn commit(w: &mut Writer, c: Changes) -> Result<Head> {
         written: Vec::new(),
         delta: w.alloc.delta().to_vec(),
         log: w.since.log.clone(),
+        base: w.since.txn,
     };
     let mut buf = vec![0u8; page::PAGE_SIZE];
     m.encode(&mut buf);
@@ -210,6 +213,7 @@ fn checkpoint(w: &mut Writer, c: Changes) -> Result<Head> {
         written: if complete { written } else { Vec::new() },
         delta: w.alloc.delta().to_vec(),
         log: Vec::new(),
+        base: c.txn,
     };
     if w.sync && !complete {
         w.file.sync()?;
@@ -221,6 +225,7 @@ fn checkpoint(w: &mut Writer, c: Changes) -> Result<Head> {
     if w.sync {
         w.file.sync()?;
     }
+    w.since.txn = c.txn;
     w.since.root = c.root;
     w.since.records = c.records;
     w.since.page_count = m.page_count;

@@ -175,6 +175,7 @@ impl Db {
             readers: Vec::with_capacity(8),
         };
         let since = crate::commit::SinceCheckpoint {
+            txn: meta.base,
             root: meta.root,
             records: meta.records,
             page_count: meta.page_count,

@@ -16,7 +16,8 @@
 //! 76  u32  listed: number of (page, checksum) pairs below (at most 122)
 //! 80  u32  delta: number of allocation-log entries below (at most 256)
 //! 84  u32  redo: bytes of redo log below
-//! 88  [8]  reserved (zero)
+//! 88  u64  base: transaction id of the checkpoint this state builds on (its own id for a
+//!          checkpoint)
 //! 96  listed × (u64 page id, u64 page checksum): every page this commit wrote
 //! ..  delta × u64: allocation changes since the bitmap the index page describes, in order;
 //!     bit 63 set = page allocated, clear = page freed
@@ -52,6 +53,8 @@ pub struct Meta {
     pub delta: Vec<u64>,
     /// Redo log since the tree checkpoint (see [`crate::commit`]).
     pub log: Vec<u8>,
+    /// Transaction id of the checkpoint this state builds on (its own id for a checkpoint).
+    pub base: u64,
 }
 
 /// Bytes of redo log a meta page with `delta` allocation-log entries (and no page list) holds.
@@ -87,6 +90,7 @@ impl Meta {
         wr64(p, 48, self.page_count);
         wr64(p, 56, self.fence);
         wr64(p, 64, self.records);
+        wr64(p, 88, self.base);
         let listed = self.written.len().min(MAX_LISTED);
         p[72..76].copy_from_slice(&self.flags.to_le_bytes());
         p[76..80].copy_from_slice(&(listed as u32).to_le_bytes());
@@ -147,6 +151,7 @@ impl Meta {
             page_count: rd64(p, 48),
             fence: rd64(p, 56),
             records: rd64(p, 64),
+            base: rd64(p, 88),
             flags: rd32(p, 72),
             written: (0..listed)
                 .map(|i| (rd64(p, LIST_AT + 16 * i), rd64(p, LIST_AT + 16 * i + 8)))
@@ -184,6 +189,7 @@ mod tests {
             written: vec![(5, 77), (6, 88)],
             delta: vec![5 | 1 << 63, 4],
             log: b"redo".to_vec(),
+            base: 8,
         };
         let mut p = vec![0u8; PAGE_SIZE];
         m.encode(&mut p);

@@ -112,10 +112,23 @@ pub(crate) fn choose_meta(file: &DataFile, redo: &RedoFile) -> Result<Chosen> {
             });
         }
     }
+    // A logged commit counts only while the checkpoint it builds on is still in the data file
+    // (a stale redo slot from long ago must not resurrect pages that were reused since).
+    let base_present = |r: &Meta| {
+        data.iter().any(|d| {
+            d.as_ref()
+                .is_ok_and(|d| d.txn == r.base && d.root == r.root)
+        })
+    };
     let mut valid: Vec<&Meta> = data
         .iter()
-        .chain(redo_slots.iter())
         .filter_map(|s| s.as_ref().ok())
+        .chain(
+            redo_slots
+                .iter()
+                .filter_map(|s| s.as_ref().ok())
+                .filter(|r| base_present(r)),
+        )
         .collect();
     valid.sort_by_key(|m| std::cmp::Reverse(m.txn));
     let mut problems: Vec<String> = data

@@ -126,3 +126,45 @@ fn torn_checkpoint_falls_back_to_the_previous_commit() {
 fn cleanup(dir: &Path) {
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_stale_redo_slot_never_resurrects_an_old_state() {
+    let dir = tmp("stale");
+    let db = Db::open(&dir, Options::default()).unwrap();
+    for i in 0..20 {
+        db.set(&format!("a/k{i}"), Value::Int(i)).unwrap();
+    }
+    assert!(db.stats().redo_bytes > 0);
+    db.close_without_checkpoint();
+    // later work in nosync mode: checkpoints only, reusing the old pages
+    let db = Db::open(
+        &dir,
+        Options {
+            durability: Durability::NoSync,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for i in 0..300 {
+        db.set(&format!("a/k{}", i % 20), Value::Int(1000 + i))
+            .unwrap();
+    }
+    drop(db);
+    // both data-file metas damaged: the redo slots must not be used (their checkpoint is gone)
+    let path = dir.join("data.db");
+    let mut data = std::fs::read(&path).unwrap();
+    data[100] ^= 1;
+    data[4096 + 100] ^= 1;
+    std::fs::write(&path, &data).unwrap();
+    match Db::open(&dir, Options::default()) {
+        Err(db_node::Error::Corrupt { detail, .. }) => {
+            assert!(
+                detail.contains("meta page 0") && detail.contains("meta page 1"),
+                "{detail}"
+            );
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened at a stale redo state"),
+    }
+    cleanup(&dir);
+}
