@@ -133,6 +133,10 @@ fn read_container<P: Pages>(pages: &P, cur: &mut Cursor, key: &[u8], tag: u8) ->
                 obj.insert(s, child);
             }
             (Segment::Index(i), T_ARRAY) => {
+                // writes never leave gaps wider than the elements removed from an array
+                if i > arr.len() as u64 + 1_000_000 {
+                    return Err(pages.corrupt(format!("array {key:?} jumps to index {i}")));
+                }
                 let i = i as usize;
                 if i >= arr.len() {
                     arr.resize(i + 1, Value::Null);

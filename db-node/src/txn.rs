@@ -208,6 +208,7 @@ impl<'a> WriteTxn<'a> {
             if v.is_null() {
                 self.delete_subtree(&ck)?;
             } else {
+                self.check_slot(p, &key, &seg)?;
                 self.replace(&ck, &v)?;
             }
         }
@@ -248,6 +249,7 @@ impl<'a> WriteTxn<'a> {
         }
         let mut key = Vec::new();
         for i in 0..segs.len() - 1 {
+            self.check_slot(p, &key, &segs[i])?;
             path::push_segment(&mut key, &segs[i]);
             let want = match segs[i + 1] {
                 Segment::Index(_) => Kind::Array,
@@ -267,6 +269,28 @@ impl<'a> WriteTxn<'a> {
                 }
                 None => self.put(&key, &[marker(want)])?,
             }
+        }
+        match segs.last() {
+            Some(last) => self.check_slot(p, &key, last),
+            None => Ok(()),
+        }
+    }
+
+    /// Arrays grow one element at a time: a new element `[n]` needs `[n - 1]`, so an array
+    /// never has to be rebuilt with a huge gap of nulls.
+    fn check_slot(&self, p: &str, parent: &[u8], seg: &Segment) -> Result<()> {
+        let Segment::Index(n) = seg else {
+            return Ok(());
+        };
+        if *n == 0 || tree::kind_at(self, self.root, &child_key(parent, seg))?.is_some() {
+            return Ok(());
+        }
+        let prev = child_key(parent, &Segment::Index(n - 1));
+        if tree::kind_at(self, self.root, &prev)?.is_none() {
+            return Err(Error::TypeMismatch {
+                path: p.to_string(),
+                reason: format!("array index [{n}] is beyond the end of the array"),
+            });
         }
         Ok(())
     }

@@ -58,6 +58,15 @@ fn set_get_update_remove_roundtrip() {
     // an array can not be addressed by key
     assert!(db.set("users/alice/list", json!([1])).is_ok());
     assert!(db.set("users/alice/list/x", 1).is_err());
+    // arrays grow at their end; a far index is refused instead of creating a huge gap
+    db.set("users/alice/list[1]", 2).unwrap();
+    assert!(db.set("users/alice/list[1000000000]", 1).is_err());
+    assert!(db.set("users/alice/list[5]/deep", 1).is_err());
+    db.update("users/alice/list", json!({"2": 3})).unwrap();
+    assert_eq!(
+        db.get("users/alice/list").unwrap().to_json(),
+        json!([1, 2, 3])
+    );
     assert_eq!(
         db.get_children("users/alice", &["city", "ok", "zz"])
             .unwrap()
