@@ -84,9 +84,11 @@ fn sigkill_50_times() {
                 }
             }
         });
-        // wait for the child to start committing, then kill it at a random moment
+        // wait for the child to start committing, then kill it at a random moment; every
+        // seventh child is killed early, possibly while it opens (and replays) the database
+        let early = iter % 7 == 3;
         let t0 = std::time::Instant::now();
-        while acks.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        while !early && acks.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_micros(rng.random_range(0..30_000)));
@@ -94,14 +96,15 @@ fn sigkill_50_times() {
         child.wait().unwrap();
         reader.join().unwrap();
         let acks = acks.lock().unwrap().clone();
-        assert!(!acks.is_empty(), "child {iter} never committed");
-        let last = *acks.last().unwrap();
+        assert!(early || !acks.is_empty(), "child {iter} never committed");
+        let last = acks.last().copied().unwrap_or(-1);
 
         let db = Db::open(&dir, Options::default()).unwrap();
         let report = db.check();
         assert!(report.ok(), "iteration {iter}: {:?}", report.problems);
         let total = match db.get(&format!("totals/r{iter}")).unwrap() {
             Value::Int(i) => i,
+            Value::Null if last < 0 => -1,
             v => panic!("iteration {iter}: totals = {v:?}"),
         };
         assert!(
