@@ -10,8 +10,13 @@
 //! the file outgrows the bitmap, the commit writes a new checkpoint and empties the log. The
 //! state of a commit is its checkpoint plus its log, both reachable from its meta page.
 //!
-//! In memory the allocator also knows what the file cannot: pages retired by recent commits that
-//! an open snapshot may still read. They are reused only after every older snapshot is gone.
+//! Two parts:
+//! * [`AllocTable`]: the on-file allocation table above, updated by the commit step;
+//! * [`SpaceAllocator`]: where a writer gets free pages. [`LocalAllocator`] serves them from the
+//!   table's free pages and also knows what the file cannot: pages retired by recent commits that
+//!   an open snapshot may still read, reused only after every older snapshot is gone. With a
+//!   master (issue 6), the master builds the same free set from the same table and hands pages
+//!   to workers; a worker's commit records them in the table.
 
 use crate::meta::MAX_DELTA;
 use crate::page::{self, PageId, HEADER, KIND_BITMAP, KIND_INDEX, PAGE_SIZE};
@@ -38,31 +43,50 @@ pub trait SpaceAllocator: Send {
     fn retire(&mut self, txn: u64, pages: Vec<PageId>);
     /// Every snapshot still open has a transaction id of at least `oldest`.
     fn reclaim(&mut self, oldest: u64);
-    /// Pages the file must hold.
+    /// Pages the file must hold (high-water mark of every page handed out).
     fn page_count(&self) -> u64;
+    /// Pages waiting for old snapshots to end (for statistics).
+    fn retired_pages(&self) -> usize {
+        0
+    }
 }
 
-/// The single-process allocator over the on-file bitmap.
-pub struct LocalAllocator {
+/// The on-file allocation table of the current state: bitmap checkpoint plus allocation log.
+pub struct AllocTable {
     bits: Vec<u64>,
-    page_count: u64,
-    /// Free pages, handed out lowest first so that a commit's pages tend to be contiguous
-    /// (one write request instead of several when the commit is flushed).
-    reusable: BTreeSet<PageId>,
-    retired: VecDeque<(u64, Vec<PageId>)>,
     bitmap_pages: Vec<PageId>,
     index_page: PageId,
     delta: Vec<u64>,
 }
 
+/// The single-process source of free pages, built from the table.
+pub struct LocalAllocator {
+    page_count: u64,
+    /// Free pages, handed out lowest first so that a commit's pages tend to be contiguous
+    /// (one write request instead of several when the commit is flushed).
+    reusable: BTreeSet<PageId>,
+    retired: VecDeque<(u64, Vec<PageId>)>,
+}
+
 impl LocalAllocator {
+    /// Every page below `page_count` that the table marks free is free.
+    pub fn from_table(table: &AllocTable, page_count: u64) -> LocalAllocator {
+        LocalAllocator {
+            page_count,
+            reusable: (0..page_count).filter(|&p| !table.get(p)).collect(),
+            retired: VecDeque::new(),
+        }
+    }
+}
+
+impl AllocTable {
     /// Read the bitmap checkpoint of a committed state and replay its allocation log.
     pub fn load(
         map: &Map,
         index_page: PageId,
         page_count: u64,
         delta: &[u64],
-    ) -> Result<LocalAllocator, String> {
+    ) -> Result<AllocTable, String> {
         let idx = map
             .page(index_page)
             .ok_or_else(|| format!("allocation index page {index_page} beyond the file end"))?;
@@ -76,11 +100,8 @@ impl LocalAllocator {
                 "allocation index lists {n} bitmap pages, {need} expected"
             ));
         }
-        let mut a = LocalAllocator {
+        let mut a = AllocTable {
             bits: vec![0; n * WORDS_PER_PAGE],
-            page_count,
-            reusable: BTreeSet::new(),
-            retired: VecDeque::new(),
             bitmap_pages: Vec::with_capacity(n),
             index_page,
             delta: delta.to_vec(),
@@ -107,11 +128,6 @@ impl LocalAllocator {
                 ));
             }
             a.set(p, d & DELTA_ALLOC != 0);
-        }
-        for p in (0..page_count).rev() {
-            if !a.get(p) {
-                a.reusable.insert(p);
-            }
         }
         if !(a.get(0) && a.get(1) && a.get(index_page)) {
             return Err("allocation bitmap marks a meta or index page free".into());
@@ -151,12 +167,8 @@ impl LocalAllocator {
     pub fn used_pages(&self) -> u64 {
         self.bits.iter().map(|w| w.count_ones() as u64).sum()
     }
-    /// Pages waiting for old snapshots to end.
-    pub fn retired_pages(&self) -> usize {
-        self.retired.iter().map(|(_, v)| v.len()).sum()
-    }
 
-    /// Record commit `txn` (pages it allocated and retired) in the bitmap, and lay out the new
+    /// Record commit `txn` (pages it allocated and retired) in the table, and lay out the new
     /// copies of the changed bitmap pages and a new index page. Returns the pages to write
     /// (the caller must make the file big enough, then call [`Self::write_pages`]).
     pub fn commit(
@@ -164,8 +176,9 @@ impl LocalAllocator {
         txn: u64,
         allocated: &[PageId],
         retired: &[PageId],
+        space: &mut dyn SpaceAllocator,
     ) -> Result<Vec<PageId>, String> {
-        let need = self.page_count.div_ceil(BITS_PER_PAGE) as usize;
+        let need = space.page_count().div_ceil(BITS_PER_PAGE) as usize;
         if self.delta.len() + allocated.len() + retired.len() <= MAX_DELTA
             && need <= self.bitmap_pages.len()
         {
@@ -177,7 +190,7 @@ impl LocalAllocator {
                 self.set(p, false);
                 self.delta.push(p);
             }
-            self.retire(txn, retired.to_vec());
+            space.retire(txn, retired.to_vec());
             return Ok(Vec::new());
         }
         self.delta.clear();
@@ -191,7 +204,7 @@ impl LocalAllocator {
             dirty.insert((p / BITS_PER_PAGE) as usize);
         }
         let mut gone: Vec<PageId> = Vec::new();
-        let new_index = self.allocate()?;
+        let new_index = space.allocate()?;
         self.set(new_index, true);
         dirty.insert((new_index / BITS_PER_PAGE) as usize);
         gone.push(self.index_page);
@@ -203,7 +216,7 @@ impl LocalAllocator {
                 self.set(p, false);
                 dirty.insert((p / BITS_PER_PAGE) as usize);
             }
-            let need = self.page_count.div_ceil(BITS_PER_PAGE) as usize;
+            let need = space.page_count().div_ceil(BITS_PER_PAGE) as usize;
             if need > MAX_BITMAP_PAGES {
                 return Err(format!("data file exceeds {MAX_BITMAP_PAGES} bitmap pages"));
             }
@@ -213,7 +226,7 @@ impl LocalAllocator {
             }
             let next = dirty.iter().copied().find(|i| !moved.contains(i));
             let Some(i) = next else { break };
-            let np = self.allocate()?;
+            let np = space.allocate()?;
             self.set(np, true);
             dirty.insert((np / BITS_PER_PAGE) as usize);
             let old = std::mem::replace(&mut self.bitmap_pages[i], np);
@@ -225,7 +238,7 @@ impl LocalAllocator {
         }
         let mut all_retired = retired.to_vec();
         all_retired.extend(gone);
-        self.retire(txn, all_retired);
+        space.retire(txn, all_retired);
         Ok(written)
     }
 
@@ -287,5 +300,8 @@ impl SpaceAllocator for LocalAllocator {
     }
     fn page_count(&self) -> u64 {
         self.page_count
+    }
+    fn retired_pages(&self) -> usize {
+        self.retired.iter().map(|(_, v)| v.len()).sum()
     }
 }

@@ -3,7 +3,7 @@
 //! records (each node's parent exists and is a container of the right kind, chunked values are
 //! complete), the record count, and that the allocation bitmap marks exactly the pages in use.
 
-use crate::alloc::LocalAllocator;
+use crate::alloc::AllocTable;
 use crate::btree::{Cursor, Pages};
 use crate::db::node;
 use crate::error::{Error, Result};
@@ -47,7 +47,7 @@ impl Pages for View<'_> {
     }
 }
 
-pub(crate) fn run(file: &DataFile, alloc: &LocalAllocator, meta: &Meta) -> Report {
+pub(crate) fn run(file: &DataFile, alloc: &AllocTable, meta: &Meta) -> Report {
     let view = View {
         map: &file.map,
         path: &file.path,

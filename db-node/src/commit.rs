@@ -22,7 +22,6 @@
 //!
 //! In `nosync` mode every commit is a checkpoint without flushes.
 
-use crate::alloc::SpaceAllocator;
 use crate::db::{Head, Writer};
 use crate::error::{Error, Result};
 use crate::meta::{self, Meta, FLAG_LIST_COMPLETE, MAX_LISTED};
@@ -106,7 +105,7 @@ pub(crate) fn decode_log(mut log: &[u8]) -> std::result::Result<Vec<Op>, String>
 
 /// Bytes of redo log the next transaction may still add.
 pub(crate) fn log_room(w: &Writer) -> usize {
-    meta::log_capacity(w.alloc.delta().len()).saturating_sub(w.since.log.len())
+    meta::log_capacity(w.table.delta().len()).saturating_sub(w.since.log.len())
 }
 
 /// Commit `c`: logged if it can be, else as a checkpoint.
@@ -133,17 +132,17 @@ pub(crate) fn commit(w: &mut Writer, c: Changes) -> Result<Head> {
             w.since.retired.push(p);
         }
     }
-    w.alloc.retire(c.txn, recycle);
+    w.space.retire(c.txn, recycle);
     let m = Meta {
         txn: c.txn,
         root: w.since.root,
-        alloc_index: w.alloc.index_page(),
+        alloc_index: w.table.index_page(),
         page_count: w.since.page_count,
         fence: c.fence,
         records: w.since.records,
         flags: 0,
         written: Vec::new(),
-        delta: w.alloc.delta().to_vec(),
+        delta: w.table.delta().to_vec(),
         log: w.since.log.clone(),
         base: w.since.txn,
     };
@@ -155,11 +154,11 @@ pub(crate) fn commit(w: &mut Writer, c: Changes) -> Result<Head> {
 }
 
 fn finish(w: &mut Writer, c: &Changes) -> Result<Head> {
-    let page_count = w.alloc.page_count();
+    let page_count = w.space.page_count();
     w.meta = Meta {
         txn: c.txn,
         root: c.root,
-        alloc_index: w.alloc.index_page(),
+        alloc_index: w.table.index_page(),
         page_count,
         fence: c.fence,
         records: c.records,
@@ -180,12 +179,12 @@ fn checkpoint(w: &mut Writer, c: Changes) -> Result<Head> {
     retired.extend_from_slice(&c.retired);
     w.since.log.clear();
     let extra = w
-        .alloc
-        .commit(c.txn, &allocated, &retired)
+        .table
+        .commit(c.txn, &allocated, &retired, &mut *w.space)
         .map_err(Error::Full)?;
-    w.file.ensure_pages(w.alloc.page_count())?;
+    w.file.ensure_pages(w.space.page_count())?;
     // SAFETY: `extra` are pages the allocator just handed to this commit.
-    unsafe { w.alloc.write_pages(&w.file.map, c.txn, &extra) };
+    unsafe { w.table.write_pages(&w.file.map, c.txn, &extra) };
     let gone: HashSet<PageId> = if retired.is_empty() || from_logged == 0 {
         HashSet::new()
     } else {
@@ -205,13 +204,13 @@ fn checkpoint(w: &mut Writer, c: Changes) -> Result<Head> {
     let m = Meta {
         txn: c.txn,
         root: c.root,
-        alloc_index: w.alloc.index_page(),
-        page_count: w.alloc.page_count(),
+        alloc_index: w.table.index_page(),
+        page_count: w.space.page_count(),
         fence: c.fence,
         records: c.records,
         flags: if complete { FLAG_LIST_COMPLETE } else { 0 },
         written: if complete { written } else { Vec::new() },
-        delta: w.alloc.delta().to_vec(),
+        delta: w.table.delta().to_vec(),
         log: Vec::new(),
         base: c.txn,
     };

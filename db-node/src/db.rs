@@ -3,7 +3,7 @@
 //!
 //! How a commit becomes durable is described in [`crate::commit`].
 
-use crate::alloc::{LocalAllocator, SpaceAllocator};
+use crate::alloc::{AllocTable, LocalAllocator, SpaceAllocator};
 use crate::btree::Pages;
 use crate::error::{Error, Result};
 use crate::lock::{Grant, LocalLocks, LockProvider};
@@ -79,7 +79,10 @@ struct Shared {
 
 pub(crate) struct Writer {
     pub file: DataFile,
-    pub alloc: LocalAllocator,
+    /// The on-file allocation table of the current state.
+    pub table: AllocTable,
+    /// Where the writer's pages come from.
+    pub space: Box<dyn SpaceAllocator>,
     pub meta: Meta,
     pub sync: bool,
     pub since: crate::commit::SinceCheckpoint,
@@ -156,11 +159,13 @@ impl Db {
         let redo_file = RedoFile::open(dir.join(REDO_FILE))?;
         let chosen = crate::open::choose_meta(&file, &redo_file)?;
         let (mut meta, recovered) = (chosen.meta, chosen.recovered);
-        let alloc = LocalAllocator::load(&file.map, meta.alloc_index, meta.page_count, &meta.delta)
+        let table = AllocTable::load(&file.map, meta.alloc_index, meta.page_count, &meta.delta)
             .map_err(|d| Error::Corrupt {
                 path: data_path.clone(),
                 detail: d,
             })?;
+        let space: Box<dyn SpaceAllocator> =
+            Box::new(LocalAllocator::from_table(&table, meta.page_count));
         if meta.root != 0 {
             node(&file.map, &data_path, meta.page_count, meta.root, None)?;
         }
@@ -184,7 +189,8 @@ impl Db {
         let redo = std::mem::take(&mut meta.log);
         let writer = Writer {
             file,
-            alloc,
+            table,
+            space,
             meta,
             sync: options.durability == Durability::Sync,
             since,
@@ -326,7 +332,7 @@ impl Db {
             .map(|r| r.0)
             .min()
             .unwrap_or(w.meta.txn);
-        w.alloc.reclaim(oldest);
+        w.space.reclaim(oldest);
         let result = self.run(&mut w, &grant, f);
         self.locks.release(&grant);
         let (r, info, head) = result?;
@@ -379,8 +385,8 @@ impl Db {
             txn: w.meta.txn,
             records: w.meta.records,
             page_count: w.meta.page_count,
-            used_pages: w.alloc.used_pages(),
-            retired_pages: w.alloc.retired_pages() as u64,
+            used_pages: w.table.used_pages(),
+            retired_pages: w.space.retired_pages() as u64,
             file_bytes: w.file.file_len(),
             recovered: w.recovered,
             redo_bytes: w.since.log.len() as u64,
@@ -390,7 +396,7 @@ impl Db {
     /// Ids of the pages the allocation bitmap marks in use (for tools and tests).
     pub fn used_page_ids(&self) -> Vec<PageId> {
         let w = lock(&self.writer);
-        (0..w.meta.page_count).filter(|&p| w.alloc.get(p)).collect()
+        (0..w.meta.page_count).filter(|&p| w.table.get(p)).collect()
     }
 
     /// Verify every page and record reachable from the latest commit (see [`crate::check`]).
@@ -402,7 +408,7 @@ impl Db {
             };
         }
         let w = lock(&self.writer);
-        crate::check::run(&w.file, &w.alloc, &w.meta)
+        crate::check::run(&w.file, &w.table, &w.meta)
     }
 }
 

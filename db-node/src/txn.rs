@@ -2,7 +2,6 @@
 //! transaction's own writes) applied copy-on-write to a private root, and the commit that makes
 //! them visible in one step.
 
-use crate::alloc::SpaceAllocator;
 use crate::btree::{self, Pages, PagesMut};
 use crate::commit::{self, Changes};
 use crate::db::{node, CommitInfo, Head, Writer};
@@ -35,7 +34,7 @@ pub struct WriteTxn<'a> {
 
 impl Pages for WriteTxn<'_> {
     fn node(&self, id: PageId, kind: Option<u8>) -> Result<&[u8]> {
-        let pc = self.w.alloc.page_count();
+        let pc = self.w.space.page_count();
         node(&self.w.file.map, &self.w.file.path, pc, id, kind)
     }
     fn corrupt(&self, detail: String) -> Error {
@@ -54,8 +53,8 @@ impl PagesMut for WriteTxn<'_> {
         let id = match self.spare.pop() {
             Some(id) => id,
             None => {
-                let id = self.w.alloc.allocate().map_err(Error::Full)?;
-                self.w.file.ensure_pages(self.w.alloc.page_count())?;
+                let id = self.w.space.allocate().map_err(Error::Full)?;
+                self.w.file.ensure_pages(self.w.space.page_count())?;
                 self.allocated.push(id);
                 id
             }
@@ -385,7 +384,7 @@ impl<'a> WriteTxn<'a> {
     /// Give back every page this transaction allocated.
     pub(crate) fn abort(self) {
         for p in self.allocated {
-            self.w.alloc.release(p);
+            self.w.space.release(p);
         }
     }
 
@@ -406,7 +405,7 @@ impl<'a> WriteTxn<'a> {
             let spare: std::collections::HashSet<PageId> = self.spare.iter().copied().collect();
             allocated.retain(|p| !spare.contains(p));
             for &p in &self.spare {
-                w.alloc.release(p);
+                w.space.release(p);
             }
         }
         let c = Changes {
