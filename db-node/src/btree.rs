@@ -265,6 +265,11 @@ fn split<W: PagesMut>(w: &mut W, id: PageId, at: usize, e: &[u8]) -> Result<(Vec
             j += 1;
         }
     }
+    // Appending at the end of the page (keys arriving in order): keep the old entries together
+    // and start the right page with the new one, so ordered inserts fill pages completely.
+    if at == n && n >= 2 {
+        j = n;
+    }
     let j = j.max(1);
     let txn = w.txn();
     let right = w.alloc()?;
