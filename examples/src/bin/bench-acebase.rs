@@ -33,7 +33,9 @@ fn acebase_dir() -> PathBuf {
 
 /// Runs `node peer.js args` and returns its `@@RESULT` lines (up to `want` of them, or all
 /// until it exits).
-fn node(args: &[&str]) -> anyhow::Result<(ChildGuard, std::sync::mpsc::Receiver<serde_json::Value>)> {
+fn node(
+    args: &[&str],
+) -> anyhow::Result<(ChildGuard, std::sync::mpsc::Receiver<serde_json::Value>)> {
     let mut child = Command::new("node")
         .arg("peer.js")
         .args(args)
@@ -41,7 +43,10 @@ fn node(args: &[&str]) -> anyhow::Result<(ChildGuard, std::sync::mpsc::Receiver<
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -55,7 +60,10 @@ fn node(args: &[&str]) -> anyhow::Result<(ChildGuard, std::sync::mpsc::Receiver<
     Ok((ChildGuard(child), rx))
 }
 
-fn wait(rx: &std::sync::mpsc::Receiver<serde_json::Value>, event: &str) -> anyhow::Result<serde_json::Value> {
+fn wait(
+    rx: &std::sync::mpsc::Receiver<serde_json::Value>,
+    event: &str,
+) -> anyhow::Result<serde_json::Value> {
     loop {
         let v = rx
             .recv_timeout(Duration::from_secs(120))
@@ -83,7 +91,10 @@ fn run(port: u16, token: &str, count: u32) -> anyhow::Result<(f64, f64)> {
     let increments_ms = ms(&d1, "increments_ms").max(ms(&d2, "increments_ms"));
     let _ = std::fs::remove_dir_all(&dir);
     let total = 2.0 * f64::from(count);
-    Ok((total / (writes_ms / 1000.0), total / (increments_ms / 1000.0)))
+    Ok((
+        total / (writes_ms / 1000.0),
+        total / (increments_ms / 1000.0),
+    ))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,7 +106,8 @@ fn main() -> anyhow::Result<()> {
         acebase_dir().display()
     );
     let bin = build_binary("ipc-server", "ipc-server")?;
-    let (_server, line) = spawn_and_wait_line(&bin, &["--port", "0", "--token", "bench"], "listening on")?;
+    let (_server, line) =
+        spawn_and_wait_line(&bin, &["--port", "0", "--token", "bench"], "listening on")?;
     let port: u16 = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("ws://"))
@@ -104,10 +116,21 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no port in {line:?}"))?;
     let (_relay, relay_line) = {
         let node = which_node()?;
-        spawn_and_wait_line(&node, &[&acebase_dir().join("relay.js").display().to_string(), "0"], "relay listening on")?
+        spawn_and_wait_line(
+            &node,
+            &[&acebase_dir().join("relay.js").display().to_string(), "0"],
+            "relay listening on",
+        )?
     };
-    let relay_port: u16 = relay_line.rsplit(' ').next().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
-    report.note(&format!("AceBase master + 2 workers, {} records and {} increments per worker", args.count, args.count));
+    let relay_port: u16 = relay_line
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0);
+    report.note(&format!(
+        "AceBase master + 2 workers, {} records and {} increments per worker",
+        args.count, args.count
+    ));
     let (mut ours, mut relay) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds.max(1) {
         ours.push(run(port, "bench", args.count)?);
@@ -125,13 +148,25 @@ fn main() -> anyhow::Result<()> {
     report.figure("acebase_writes_via_node_relay", relay_w, "writes/s");
     report.figure("acebase_increments_via_ipc_server", ours_i, "increments/s");
     report.figure("acebase_increments_via_node_relay", relay_i, "increments/s");
-    report.figure("acebase_writes_ratio_ours_to_relay", ours_w / relay_w, "ratio");
-    report.figure("acebase_increments_ratio_ours_to_relay", ours_i / relay_i, "ratio");
+    report.figure(
+        "acebase_writes_ratio_ours_to_relay",
+        ours_w / relay_w,
+        "ratio",
+    );
+    report.figure(
+        "acebase_increments_ratio_ours_to_relay",
+        ours_i / relay_i,
+        "ratio",
+    );
     Ok(())
 }
 
 fn which_node() -> anyhow::Result<PathBuf> {
     std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("node")).find(|p| p.is_file()))
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("node"))
+                .find(|p| p.is_file())
+        })
         .ok_or_else(|| anyhow::anyhow!("node is not on PATH"))
 }

@@ -538,7 +538,11 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut problems = 0u64;
         for (size, label) in [(64usize, "64B"), (1024, "1KiB")] {
-            for (name, pubs, subs, unit) in [("p2p_1to1", 1, 1, "msg/s"), ("fanout_1to8", 1, 8, "deliveries/s"), ("fanin_8to1", 8, 1, "msg/s")] {
+            for (name, pubs, subs, unit) in [
+                ("p2p_1to1", 1, 1, "msg/s"),
+                ("fanout_1to8", 1, 8, "deliveries/s"),
+                ("fanin_8to1", 8, 1, "msg/s"),
+            ] {
                 if !wanted(&format!("{name}_{label}")) {
                     continue;
                 }
