@@ -20,11 +20,8 @@ use crate::Shared;
 use protocol::{ClientFrame, ServerFrame};
 use std::borrow::Cow;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 
 /// What an AceBase-style path asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -246,27 +243,8 @@ async fn connect<S>(
     if let Err(e) = validate_peer_id(&id) {
         return refuse(&mut stream, &shared, 400, "invalid_peer_id", &e).await;
     }
-    if !(req.header_has_token("connection", "upgrade")
-        && req.header_has_token("upgrade", "websocket"))
-    {
-        return refuse(
-            &mut stream,
-            &shared,
-            426,
-            "upgrade_required",
-            "this endpoint speaks websocket only",
-        )
-        .await;
-    }
-    let Some(key) = req.header("sec-websocket-key").map(|k| k.trim().to_owned()) else {
-        return refuse(
-            &mut stream,
-            &shared,
-            400,
-            "bad_handshake",
-            "missing Sec-WebSocket-Key",
-        )
-        .await;
+    let Some(key) = crate::server::upgrade_key(&mut stream, &shared, &req).await else {
+        return;
     };
     let join = JoinRequest {
         namespace: &db,
@@ -278,45 +256,8 @@ async fn connect<S>(
         max_payload: shared.limits.max_payload,
         keepalive_ms: shared.keepalive.as_millis() as u32,
     };
-    let (ns, peer) = match shared.acebase.join(&join) {
-        Ok(joined) => joined,
-        Err(e) => {
-            // The original server closed the older connection, and two processes claiming one
-            // id (two masters) then kicked each other out forever. We refuse the newcomer.
-            shared.metrics.add(0, Counter::HandshakeDuplicatePeer, 1);
-            tracing::warn!(database = %db, peer = %id, "refused an AceBase peer whose id is already connected");
-            let _ = respond(
-                &mut stream,
-                409,
-                "application/json",
-                &[],
-                &error_body("duplicate_peer_id", &e.to_string(), None),
-            )
-            .await;
-            return;
-        }
-    };
-    let head = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        derive_accept_key(key.as_bytes())
-    );
-    if stream.write_all(head.as_bytes()).await.is_err() || stream.flush().await.is_err() {
-        shared
-            .acebase
-            .leave(&ns, &peer, protocol::LeaveReason::ConnectionLost);
-        return;
-    }
-    shared.metrics.add(peer.conn, Counter::Connections, 1);
-    tracing::debug!(database = %db, peer = %id, "AceBase peer joined");
     let limits = shared.acebase_limits();
-    let hard_cap = limits.max_payload as usize + 64 * 1024;
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(hard_cap))
-        .max_frame_size(Some(hard_cap));
-    let ws =
-        WebSocketStream::from_partially_read(stream, req.rest, Role::Server, Some(config)).await;
-    let session = Session::new(ns, peer, shared.metrics.clone(), limits);
-    crate::connection::run(ws, session, shared, shutdown).await;
+    crate::server::accept_peer(stream, req, &key, None, &join, limits, shared, shutdown).await;
 }
 
 /// `POST /<db>/send?id=<sender>&t=<token>`: a message too large for the sender's idea of the

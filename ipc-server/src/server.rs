@@ -5,7 +5,7 @@ use crate::auth::subprotocols;
 use crate::http::{error_body, read_head, respond, HeadError, Request, HEAD_TIMEOUT};
 use crate::metrics::Counter;
 use crate::registry::{Encoding, JoinRequest};
-use crate::router::Session;
+use crate::router::{Limits, Session};
 use crate::{Settings, Shared};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -380,51 +380,8 @@ async fn connect<S>(
             return refuse(&mut stream, &shared, 400, "invalid_encoding", &message).await;
         }
     };
-    let is_upgrade = req.header_has_token("connection", "upgrade")
-        && req.header_has_token("upgrade", "websocket");
-    if !is_upgrade {
-        shared.metrics.add(0, Counter::HandshakeRejected, 1);
-        let body = error_body(
-            "upgrade_required",
-            "this endpoint speaks websocket only",
-            None,
-        );
-        let _ = respond(
-            &mut stream,
-            426,
-            "application/json",
-            &[("Upgrade", "websocket")],
-            &body,
-        )
-        .await;
+    let Some(key) = upgrade_key(&mut stream, &shared, &req).await else {
         return;
-    }
-    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
-        shared.metrics.add(0, Counter::HandshakeRejected, 1);
-        let body = error_body(
-            "unsupported_websocket_version",
-            "Sec-WebSocket-Version must be 13",
-            None,
-        );
-        let _ = respond(
-            &mut stream,
-            426,
-            "application/json",
-            &[("Sec-WebSocket-Version", "13")],
-            &body,
-        )
-        .await;
-        return;
-    }
-    let Some(key) = req.header("sec-websocket-key").map(|k| k.trim().to_owned()) else {
-        return refuse(
-            &mut stream,
-            &shared,
-            400,
-            "bad_handshake",
-            "missing Sec-WebSocket-Key",
-        )
-        .await;
     };
     // Browsers require the server to pick one of the offered subprotocols.
     let chosen = ["ipc.v1.json", "ipc.v1"]
@@ -441,11 +398,83 @@ async fn connect<S>(
         max_payload: shared.limits.max_payload,
         keepalive_ms: shared.keepalive.as_millis() as u32,
     };
-    let (ns, peer) = match shared.registry.join(&join) {
+    let limits = shared.limits.clone();
+    accept_peer(stream, req, &key, chosen, &join, limits, shared, shutdown).await;
+}
+
+/// Checks the websocket upgrade headers and returns the client's key; on failure answers with
+/// 426 or 400 and returns `None`.
+pub(crate) async fn upgrade_key<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &Shared,
+    req: &Request,
+) -> Option<String> {
+    let is_upgrade = req.header_has_token("connection", "upgrade")
+        && req.header_has_token("upgrade", "websocket");
+    let refusal = if !is_upgrade {
+        Some((
+            "upgrade_required",
+            "this endpoint speaks websocket only",
+            ("Upgrade", "websocket"),
+        ))
+    } else if req.header("sec-websocket-version").map(str::trim) != Some("13") {
+        Some((
+            "unsupported_websocket_version",
+            "Sec-WebSocket-Version must be 13",
+            ("Sec-WebSocket-Version", "13"),
+        ))
+    } else {
+        None
+    };
+    if let Some((code, message, header)) = refusal {
+        shared.metrics.add(0, Counter::HandshakeRejected, 1);
+        let _ = respond(
+            stream,
+            426,
+            "application/json",
+            &[header],
+            &error_body(code, message, None),
+        )
+        .await;
+        return None;
+    }
+    let key = req.header("sec-websocket-key").map(|k| k.trim().to_owned());
+    if key.is_none() {
+        refuse(
+            stream,
+            shared,
+            400,
+            "bad_handshake",
+            "missing Sec-WebSocket-Key",
+        )
+        .await;
+    }
+    key
+}
+
+/// Joins the peer to its registry (a live duplicate id is refused with 409), completes the
+/// upgrade and runs the connection until it ends. Shared by both dialects.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn accept_peer<S>(
+    mut stream: S,
+    req: Request,
+    key: &str,
+    subprotocol: Option<String>,
+    join: &JoinRequest<'_>,
+    limits: Limits,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let registry = shared.registry_for(join.encoding);
+    let (ns, peer) = match registry.join(join) {
         Ok(joined) => joined,
         Err(e) => {
+            // Refusing the newcomer (not closing the older connection) means two processes
+            // that claim one id cannot kick each other out in a loop.
             shared.metrics.add(0, Counter::HandshakeDuplicatePeer, 1);
-            tracing::info!(namespace = %namespace, peer = %id, "refused duplicate peer id");
+            tracing::warn!(namespace = %join.namespace, peer = %join.id, dialect = join.encoding.name(), "refused a duplicate peer id");
             let body = error_body("duplicate_peer_id", &e.to_string(), None);
             let _ = respond(&mut stream, 409, "application/json", &[], &body).await;
             return;
@@ -455,25 +484,23 @@ async fn connect<S>(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
         derive_accept_key(key.as_bytes())
     );
-    if let Some(p) = chosen {
+    if let Some(p) = subprotocol {
         head.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
     }
     head.push_str("\r\n");
     if stream.write_all(head.as_bytes()).await.is_err() || stream.flush().await.is_err() {
-        shared
-            .registry
-            .leave(&ns, &peer, protocol::LeaveReason::ConnectionLost);
+        registry.leave(&ns, &peer, protocol::LeaveReason::ConnectionLost);
         return;
     }
     shared.metrics.add(peer.conn, Counter::Connections, 1);
-    tracing::debug!(namespace = %namespace, peer = %id, epoch = peer.epoch, "peer joined");
+    tracing::debug!(namespace = %join.namespace, peer = %join.id, epoch = peer.epoch, dialect = join.encoding.name(), "peer joined");
     // Room for the frame header and for JSON frames, whose base64 payloads are 4/3 larger.
-    let hard_cap = shared.limits.max_payload as usize * 2 + 64 * 1024;
+    let hard_cap = limits.max_payload as usize * 2 + 64 * 1024;
     let config = WebSocketConfig::default()
         .max_message_size(Some(hard_cap))
         .max_frame_size(Some(hard_cap));
     let ws =
         WebSocketStream::from_partially_read(stream, req.rest, Role::Server, Some(config)).await;
-    let session = Session::new(ns, peer, shared.metrics.clone(), shared.limits.clone());
+    let session = Session::new(ns, peer, shared.metrics.clone(), limits);
     crate::connection::run(ws, session, shared, shutdown).await;
 }
