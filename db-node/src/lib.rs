@@ -13,6 +13,7 @@ pub mod btree;
 pub mod check;
 mod checksum;
 pub mod commit;
+pub mod coord;
 pub mod db;
 pub mod error;
 pub mod lock;
