@@ -13,19 +13,26 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("invalid base64 in data_b64: {0}")]
     Base64(#[from] base64::DecodeError),
-    #[error("frame has {0} trailing bytes")]
-    TrailingBytes(usize),
+    #[error("frame has trailing bytes after its last field")]
+    TrailingBytes,
 }
 
-fn decode<'a, T: serde::Deserialize<'a> + serde::Serialize>(
-    frame: &'a [u8],
-) -> Result<T, DecodeError> {
-    let value: T = bincode::deserialize(frame)?;
-    let used = bincode::serialized_size(&value)? as usize;
-    if used != frame.len() {
-        return Err(DecodeError::TrailingBytes(frame.len().saturating_sub(used)));
-    }
-    Ok(value)
+/// The legacy bincode 1 layout (fixed-width little-endian integers), but rejecting trailing
+/// bytes in the same pass instead of measuring the value again.
+fn options() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .reject_trailing_bytes()
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(frame: &'a [u8]) -> Result<T, DecodeError> {
+    use bincode::Options;
+    options().deserialize(frame).map_err(|e| match *e {
+        bincode::ErrorKind::Custom(ref m) if m.contains("remaining") => DecodeError::TrailingBytes,
+        _ => DecodeError::Binary(e),
+    })
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -34,9 +41,70 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).unwrap_or_default()
 }
 
+/// Writes the bincode layout of the frequent frames by hand (one pass, exact capacity); the
+/// tests check it against bincode byte for byte.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new(tag: u32, capacity: usize) -> Self {
+        let mut v = Vec::with_capacity(4 + capacity);
+        v.extend_from_slice(&tag.to_le_bytes());
+        Writer(v)
+    }
+    fn bytes(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        self.0.extend_from_slice(b);
+        self
+    }
+    fn str(self, s: &str) -> Self {
+        self.bytes(s.as_bytes())
+    }
+    fn u64(mut self, n: u64) -> Self {
+        self.0.extend_from_slice(&n.to_le_bytes());
+        self
+    }
+    fn u32(mut self, n: u32) -> Self {
+        self.0.extend_from_slice(&n.to_le_bytes());
+        self
+    }
+    fn opt_str(mut self, s: Option<&str>) -> Self {
+        match s {
+            Some(s) => {
+                self.0.push(1);
+                self.str(s)
+            }
+            None => {
+                self.0.push(0);
+                self
+            }
+        }
+    }
+}
+
 /// Encodes a client frame as a binary websocket payload.
 pub fn encode_client(frame: &ClientFrame<'_>) -> Vec<u8> {
-    encode(frame)
+    match frame {
+        ClientFrame::Send { to, payload } => {
+            Writer::new(0, 16 + to.len() + payload.len())
+                .str(to)
+                .bytes(payload)
+                .0
+        }
+        ClientFrame::Publish { subject, payload } => {
+            Writer::new(2, 16 + subject.len() + payload.len())
+                .str(subject)
+                .bytes(payload)
+                .0
+        }
+        ClientFrame::Reply { to, corr, payload } => {
+            Writer::new(6, 24 + to.len() + payload.len())
+                .str(to)
+                .u64(*corr)
+                .bytes(payload)
+                .0
+        }
+        other => encode(other),
+    }
 }
 
 /// Decodes a binary client frame, borrowing strings and payload from `frame`.
@@ -46,7 +114,59 @@ pub fn decode_client(frame: &[u8]) -> Result<ClientFrame<'_>, DecodeError> {
 
 /// Encodes a server frame as a binary websocket payload.
 pub fn encode_server(frame: &ServerFrame<'_>) -> Vec<u8> {
-    encode(frame)
+    match frame {
+        ServerFrame::Message { from, payload } => {
+            Writer::new(3, 16 + from.len() + payload.len())
+                .str(from)
+                .bytes(payload)
+                .0
+        }
+        ServerFrame::Broadcast { from, payload } => {
+            Writer::new(4, 16 + from.len() + payload.len())
+                .str(from)
+                .bytes(payload)
+                .0
+        }
+        ServerFrame::Published {
+            from,
+            subject,
+            payload,
+        } => {
+            Writer::new(5, 24 + from.len() + subject.len() + payload.len())
+                .str(from)
+                .str(subject)
+                .bytes(payload)
+                .0
+        }
+        ServerFrame::Request {
+            from,
+            corr,
+            subject,
+            timeout_ms,
+            payload,
+        } => {
+            let subject_len = subject.as_ref().map_or(0, |s| s.len() + 8);
+            Writer::new(6, 29 + from.len() + subject_len + payload.len())
+                .str(from)
+                .u64(*corr)
+                .opt_str(subject.as_deref())
+                .u32(*timeout_ms)
+                .bytes(payload)
+                .0
+        }
+        ServerFrame::Reply {
+            from,
+            corr,
+            payload,
+        } => {
+            Writer::new(7, 24 + from.len() + payload.len())
+                .str(from)
+                .u64(*corr)
+                .bytes(payload)
+                .0
+        }
+        other => encode(other),
+    }
 }
 
 /// Decodes a binary server frame, borrowing strings and payload from `frame`.
@@ -130,7 +250,7 @@ mod tests {
         bytes.push(0);
         assert!(matches!(
             decode_client(&bytes),
-            Err(DecodeError::TrailingBytes(1))
+            Err(DecodeError::TrailingBytes)
         ));
         // A length prefix pointing far past the end must fail cleanly, not allocate.
         let mut huge = vec![0, 0, 0, 0];
@@ -177,6 +297,76 @@ mod tests {
                 decode_server(&encode_server(&frame)).expect("decodes"),
                 frame
             );
+        }
+    }
+
+    #[test]
+    fn hand_written_encoders_match_bincode_byte_for_byte() {
+        let payloads: [&[u8]; 3] = [b"", b"x", &[7u8; 300]];
+        for p in payloads {
+            let client = [
+                ClientFrame::Send {
+                    to: "peer-1".into(),
+                    payload: Cow::Borrowed(p),
+                },
+                ClientFrame::Publish {
+                    subject: "a.b.c".into(),
+                    payload: Cow::Borrowed(p),
+                },
+                ClientFrame::Reply {
+                    to: "r".into(),
+                    corr: u64::MAX - 3,
+                    payload: Cow::Borrowed(p),
+                },
+            ];
+            for f in client {
+                assert_eq!(
+                    encode_client(&f),
+                    bincode::serialize(&f).expect("bincode"),
+                    "{f:?}"
+                );
+            }
+            let server = [
+                ServerFrame::Message {
+                    from: "a".into(),
+                    payload: Cow::Borrowed(p),
+                },
+                ServerFrame::Broadcast {
+                    from: "ab".into(),
+                    payload: Cow::Borrowed(p),
+                },
+                ServerFrame::Published {
+                    from: "abc".into(),
+                    subject: "x.y".into(),
+                    payload: Cow::Borrowed(p),
+                },
+                ServerFrame::Request {
+                    from: "q".into(),
+                    corr: 9,
+                    subject: None,
+                    timeout_ms: 17,
+                    payload: Cow::Borrowed(p),
+                },
+                ServerFrame::Request {
+                    from: "q".into(),
+                    corr: 9,
+                    subject: Some("s.t".into()),
+                    timeout_ms: 17,
+                    payload: Cow::Borrowed(p),
+                },
+                ServerFrame::Reply {
+                    from: "w".into(),
+                    corr: 1 << 40,
+                    payload: Cow::Borrowed(p),
+                },
+            ];
+            for f in server {
+                assert_eq!(
+                    encode_server(&f),
+                    bincode::serialize(&f).expect("bincode"),
+                    "{f:?}"
+                );
+            }
         }
     }
 }

@@ -44,6 +44,10 @@ struct Args {
     /// Only run figures whose name contains this text (e.g. p2p, fanout, reqrep).
     #[arg(long)]
     only: Option<String>,
+    /// Also measure `nats-server` (from PATH) with the same load, right after each figure, and
+    /// print the ratio ours / NATS.
+    #[arg(long)]
+    nats: bool,
     /// Internal: run the bare relay and print its port.
     #[arg(long, hide = true)]
     serve_bare_relay: bool,
@@ -109,6 +113,9 @@ async fn sync(ws: &mut Ws) -> anyhow::Result<()> {
 
 const MARKER: u64 = u64::MAX;
 
+/// Publishers queue this many frames per flush (one write syscall carries them all).
+const FLUSH_EVERY: usize = 128;
+
 /// What one subscriber saw.
 #[derive(Default)]
 struct Seen {
@@ -156,7 +163,7 @@ async fn publish_for(mut ws: Ws, subject: String, size: usize, index: u8, secs: 
     let start = Instant::now();
     let mut seq = 0u64;
     'outer: loop {
-        for _ in 0..128 {
+        for _ in 0..FLUSH_EVERY {
             payload[0..8].copy_from_slice(&seq.to_le_bytes());
             let f = frame(&ClientFrame::Publish {
                 subject: subject.as_str().into(),
@@ -535,6 +542,27 @@ fn main() -> anyhow::Result<()> {
         token: args.token.clone(),
     };
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    let mut _nats_server = None;
+    let nats = if args.nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start nats-server (apt-get install nats-server): {e}"))?;
+        _nats_server = Some(examples::ChildGuard(child));
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        report.note(&format!("nats-server at {addr}, same load right after each figure"));
+        Some(addr)
+    } else {
+        None
+    };
     runtime.block_on(async {
         let mut problems = 0u64;
         for (size, label) in [(64usize, "64B"), (1024, "1KiB")] {
@@ -549,6 +577,14 @@ fn main() -> anyhow::Result<()> {
                 let (rate, lost, reordered) =
                     pubsub(&target, &format!("{name}-{label}"), pubs, subs, size, secs).await?;
                 report.figure(&format!("{name}_{label}"), rate, unit);
+                if let Some(nats) = &nats {
+                    let (n_rate, n_lost, _) = examples::nats::pubsub(nats, &format!("{name}-{label}"), pubs, subs, size, secs).await?;
+                    report.figure(&format!("nats_{name}_{label}"), n_rate, unit);
+                    if n_lost > 0 {
+                        report.figure(&format!("nats_{name}_{label}_lost"), n_lost as f64, "messages");
+                    }
+                    report.figure(&format!("{name}_{label}_vs_nats"), rate / n_rate, "ratio");
+                }
                 if lost + reordered > 0 {
                     report.figure(&format!("{name}_{label}_lost"), lost as f64, "messages");
                     report.figure(
@@ -574,6 +610,15 @@ fn main() -> anyhow::Result<()> {
         );
         let rate = reqrep_throughput(&target, 4, 64, secs).await?;
         report.figure("reqrep_4x64", rate, "req/s");
+        if let Some(nats) = &nats {
+            let samples = examples::nats::reqrep_latency(nats, secs).await?;
+            let n_p50 = percentile(&samples, 50.0).as_secs_f64() * 1e6;
+            report.figure("nats_reqrep_latency_p50", n_p50, "us");
+            report.figure("nats_reqrep_latency_p99", percentile(&samples, 99.0).as_secs_f64() * 1e6, "us");
+            let n_rate = examples::nats::reqrep_throughput(nats, 4, 64, secs).await?;
+            report.figure("nats_reqrep_4x64", n_rate, "req/s");
+            report.figure("reqrep_4x64_vs_nats", rate / n_rate, "ratio");
+        }
         if !args.no_relay {
             let exe = std::env::current_exe()?;
             let (_relay, line) =
