@@ -34,6 +34,10 @@ pub struct Options {
     pub durability: Durability,
     /// Who grants write rights; [`LocalLocks`] when None.
     pub locks: Option<Arc<dyn LockProvider>>,
+    /// Open as a member of a coordinated group (master or worker): the directory lock is
+    /// taken shared instead of exclusive. Only `coord` sets this, together with a commit turn
+    /// and a lock provider that asks the master; see `docs/coordination.md`.
+    pub coordinated: bool,
 }
 
 /// What one commit changed: announced to subscribers (and, later, to other processes).
@@ -148,7 +152,7 @@ impl Db {
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let plock = ProcessLock::acquire(&dir)?;
+        let plock = ProcessLock::acquire_mode(&dir, options.coordinated)?;
         let data_path = dir.join(DATA_FILE);
         if !data_path.exists() || std::fs::metadata(&data_path).map(|m| m.len()).unwrap_or(0) == 0 {
             // a new database: any redo file left from an old one must not be replayed
@@ -370,6 +374,12 @@ impl Db {
                 Ok((r, info, head))
             }
         }
+    }
+
+    /// The highest fencing token recorded in the current meta page: new grants must carry a
+    /// greater one.
+    pub fn fence_high_water(&self) -> u64 {
+        lock(&self.writer).meta.fence
     }
 
     /// Receive a [`CommitInfo`] for every commit that changes something.

@@ -38,6 +38,10 @@ pub enum Error {
     Aborted(String),
     #[error("write right lost before the commit: {0}")]
     Fenced(String),
+    #[error("master unavailable: {0}")]
+    MasterUnavailable(String),
+    #[error("lock not granted in time: {0}")]
+    LockTimeout(String),
 }
 
 impl Error {

@@ -2,9 +2,11 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use db_node::coord::{self, IpcConfig, MasterConfig};
 use db_node::{Db, Durability, Options, Value};
 use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "db-node", about = "Read, write and verify a db-node database")]
@@ -15,6 +17,32 @@ struct Cli {
     /// Acknowledge writes without flushing them to disk.
     #[arg(long, env = "DB_NODE_NOSYNC", global = true)]
     nosync: bool,
+    /// Post office URL (ws:// or wss://): join the database's group as a worker for this
+    /// operation (or, for `master`, serve it).
+    #[arg(long, env = "DB_NODE_IPC", global = true)]
+    ipc: Option<String>,
+    /// Access token of the post office.
+    #[arg(long, env = "DB_NODE_IPC_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Namespace in the post office (default: the database directory's name).
+    #[arg(long, env = "DB_NODE_IPC_NAMESPACE", global = true)]
+    namespace: Option<String>,
+    /// Deadline of each request to the master, in milliseconds.
+    #[arg(
+        long,
+        env = "DB_NODE_IPC_TIMEOUT_MS",
+        global = true,
+        default_value_t = 5000
+    )]
+    ipc_timeout_ms: u64,
+    /// Test hook: pause before each commit, in milliseconds.
+    #[arg(
+        long,
+        env = "DB_NODE_TEST_PAUSE_BEFORE_COMMIT_MS",
+        global = true,
+        hide = true
+    )]
+    pause_before_commit_ms: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -46,6 +74,66 @@ enum Cmd {
     Check,
     /// Print figures about the database as JSON.
     Stats,
+    /// Serve the database's lock table to workers through the post office (`--ipc`). Exits 2
+    /// if another master already serves the directory.
+    Master {
+        /// Longest lease granted to a worker, in milliseconds.
+        #[arg(long, env = "DB_NODE_MAX_LEASE_MS", default_value_t = 30_000)]
+        max_lease_ms: u64,
+    },
+}
+
+/// Exit code of `master` when another master already serves the directory.
+const EXIT_MASTER_RUNNING: i32 = 2;
+
+fn run_master(cli: &Cli, max_lease_ms: u64) -> anyhow::Result<i32> {
+    let Some(url) = cli.ipc.clone() else {
+        bail!("master needs --ipc URL (or DB_NODE_IPC)");
+    };
+    let cfg = MasterConfig {
+        dir: cli.db.clone(),
+        url,
+        token: cli.token.clone(),
+        namespace: cli.namespace.clone(),
+        max_lease: Duration::from_millis(max_lease_ms.max(1)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let dir = cli.db.display().to_string();
+    let result = rt.block_on(async move {
+        let shutdown = async {
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        let ready = |ns: &str| {
+            println!(
+                "db-node master ready: {dir} in namespace {ns} (pid {})",
+                std::process::id()
+            );
+        };
+        coord::run_master(cfg, ready, shutdown).await
+    });
+    match result {
+        Ok(()) => Ok(0),
+        Err(coord::MasterError::Files(e @ coord::files::FileLockError::MasterRunning { .. })) => {
+            eprintln!("db-node: {e}");
+            Ok(EXIT_MASTER_RUNNING)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn input(arg: Option<String>) -> anyhow::Result<Value> {
@@ -63,16 +151,48 @@ fn input(arg: Option<String>) -> anyhow::Result<Value> {
     Ok(Value::from_json(&j))
 }
 
+/// The database of a data command: opened alone, or as a worker of a group with `--ipc`.
+enum Opened {
+    Alone(Db),
+    Worker(coord::WorkerDb),
+}
+
+impl std::ops::Deref for Opened {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        match self {
+            Opened::Alone(d) => d,
+            Opened::Worker(w) => w,
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    let options = Options {
-        durability: if cli.nosync {
-            Durability::NoSync
-        } else {
-            Durability::Sync
-        },
-        ..Options::default()
+    if let Cmd::Master { max_lease_ms } = cli.cmd {
+        return run_master(&cli, max_lease_ms);
+    }
+    let durability = if cli.nosync {
+        Durability::NoSync
+    } else {
+        Durability::Sync
     };
-    let db = Db::open(&cli.db, options)?;
+    let db = match &cli.ipc {
+        None => Opened::Alone(Db::open(
+            &cli.db,
+            Options {
+                durability,
+                ..Options::default()
+            },
+        )?),
+        Some(url) => {
+            let mut cfg = IpcConfig::new(url.clone());
+            cfg.token = cli.token.clone();
+            cfg.namespace = cli.namespace.clone();
+            cfg.timeout = Duration::from_millis(cli.ipc_timeout_ms.max(1));
+            cfg.pause_before_commit = cli.pause_before_commit_ms.map(Duration::from_millis);
+            Opened::Worker(coord::open_worker(&cli.db, cfg, durability)?)
+        }
+    };
     let out = |j: serde_json::Value| println!("{j}");
     match cli.cmd {
         Cmd::Get { path, only } => {
@@ -123,6 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 "file_bytes": s.file_bytes, "recovered": s.recovered, "redo_bytes": s.redo_bytes,
             }));
         }
+        Cmd::Master { .. } => bail!("master is handled before opening the database"),
     }
     Ok(0)
 }

@@ -123,13 +123,43 @@ fn map_file(path: &Path, file: &File, len: usize) -> Result<Map> {
     Ok(Map { raw, len })
 }
 
-/// Exclusive ownership of a database directory by this process (an fs2 lock on `lock`, which
-/// also records the owner's pid for the error message of the next one who tries).
+/// Ownership of a database directory (an fs2 lock on `lock`). A single-process open holds it
+/// exclusively and records its pid for the error message of the next one who tries; the
+/// processes of a coordinated group (master and workers, see `docs/coordination.md`) hold it
+/// shared, so neither side can open the directory while the other has it.
 pub struct ProcessLock {
     _file: File,
 }
 
 impl ProcessLock {
+    /// Take the lock; `shared` for a member of a coordinated group.
+    pub fn acquire_mode(dir: &Path, shared: bool) -> Result<ProcessLock> {
+        if !shared {
+            return Self::acquire(dir);
+        }
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        if FileExt::try_lock_shared(&file).is_err() {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(Error::Locked {
+                path: dir.to_path_buf(),
+                pid: match pid.trim() {
+                    "" => "?".into(),
+                    p => p.to_string(),
+                },
+            });
+        }
+        Ok(ProcessLock { _file: file })
+    }
+
+    /// Take the lock exclusively (single-process open).
     pub fn acquire(dir: &Path) -> Result<ProcessLock> {
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()

@@ -355,6 +355,7 @@ fn a_commit_under_a_lost_grant_is_refused() {
         Options {
             durability: Durability::NoSync,
             locks: Some(locks.clone()),
+            ..Options::default()
         },
     )
     .unwrap();

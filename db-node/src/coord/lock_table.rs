@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 pub type LockPath = Vec<String>;
 
 /// Read or write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     Read,
     Write,

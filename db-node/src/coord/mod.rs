@@ -1,9 +1,22 @@
 //! Coordination of several processes that share one database directory (issue 6).
 //!
-//! One process is the **master**: it owns the lock table and hands out write rights. The
-//! others are **workers**: they ask the master through the post office (`ipc-server`) and
-//! write the files themselves. See `docs/coordination.md`.
+//! One process is the **master**: it owns the lock table and hands out write rights with
+//! growing fencing tokens. The others are **workers**: they ask the master through the post
+//! office (`ipc-server`, namespace = database name) and write the files themselves. See
+//! `docs/coordination.md` for the protocol, the files and what is still missing.
+//!
+//! * [`lock_table`]: the master's hierarchical read/write lock table (pure data structure);
+//! * [`wire`]: the JSON messages between workers and the master;
+//! * [`files`]: `master.lock`, the commit turn and the fencing reservation;
+//! * [`master`]: the master process loop;
+//! * [`worker`]: the lock provider that asks the master, and the coordinated open.
 
+pub mod files;
 pub mod lock_table;
+pub mod master;
+pub mod wire;
+pub mod worker;
 
 pub use lock_table::{LockPath, LockTable, Mode, Owner};
+pub use master::{run_master, MasterConfig, MasterError};
+pub use worker::{open_worker, IpcConfig, IpcLocks, WorkerDb};

@@ -1,0 +1,305 @@
+//! The master: the one process of a coordinated group that serves the lock table.
+//!
+//! Start-up order matters for "exactly one master":
+//! 1. take `master.lock` (fs2, exclusive, never waits): a second master stops here with
+//!    [`MasterError::Files`] naming the holder's pid — before it touches the post office;
+//! 2. take the directory lock shared (an uncoordinated single-process open now fails, and we
+//!    fail if one is running);
+//! 3. read the fencing high-water mark from the meta page (under the commit turn) and the
+//!    reservation in `master.fence`; tokens start above both;
+//! 4. join the database's namespace as the well-known peer `master`. The post office refuses a
+//!    duplicate id, a second line of defence; a just-killed master's session may linger for a
+//!    moment, so that refusal is retried for a few seconds.
+//!
+//! Then one task serves requests and membership events in arrival order. A worker that
+//! `Left` (SIGKILL is reported within about a second) loses its locks and queued requests at
+//! once; a worker that reconnects with a new session epoch loses those of its old session;
+//! a hung worker loses them when its lease runs out.
+
+use super::files::{namespace_for, CommitTurn, FenceReserve, FileLockError, MasterLock};
+use super::lock_table::{Changes, LockTable, Outcome, Owner};
+use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
+use crate::error::Error;
+use crate::store::ProcessLock;
+use crate::{Db, Options};
+use ipc_client::{Client, ClientError, ClientOptions, Event, IncomingRequest};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How to run a master.
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    pub dir: PathBuf,
+    /// `ws://` or `wss://` URL of the post office.
+    pub url: String,
+    pub token: Option<String>,
+    /// Namespace; by default the database directory's name.
+    pub namespace: Option<String>,
+    /// Longest lease granted, whatever a worker asks for.
+    pub max_lease: Duration,
+}
+
+/// Why a master stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Files(#[from] FileLockError),
+    #[error(transparent)]
+    Db(#[from] Error),
+    #[error("cannot join the post office at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("the post office connection was closed")]
+    Closed,
+}
+
+/// Everything the master holds while it runs; dropping it releases the file locks.
+struct Held {
+    _master: MasterLock,
+    _dir: ProcessLock,
+}
+
+/// Run a master until `shutdown` completes. `ready` is called with the namespace once the
+/// master serves requests.
+pub async fn run_master(
+    cfg: MasterConfig,
+    ready: impl FnOnce(&str),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MasterError> {
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| Error::io(&cfg.dir, e))?;
+    let master = MasterLock::acquire(&cfg.dir)?;
+    let dir_lock = ProcessLock::acquire_mode(&cfg.dir, true)?;
+    let _held = Held {
+        _master: master,
+        _dir: dir_lock,
+    };
+    let fence = {
+        let _turn = CommitTurn::acquire(&cfg.dir, Duration::from_secs(10))?;
+        let db = Db::open(
+            &cfg.dir,
+            Options {
+                coordinated: true,
+                ..Options::default()
+            },
+        )?;
+        db.fence_high_water()
+    };
+    let mut reserve = FenceReserve::load(&cfg.dir)?;
+    let table = LockTable::new(fence.max(reserve.ceiling()));
+    reserve.ensure(table.last_token() + 1)?;
+    let ns = cfg
+        .namespace
+        .clone()
+        .unwrap_or_else(|| namespace_for(&cfg.dir));
+    let mut opts = ClientOptions::new(cfg.url.clone(), ns.clone(), MASTER_PEER);
+    opts.token = cfg.token.clone();
+    let (client, mut events) =
+        connect_retrying(opts)
+            .await
+            .map_err(|source| MasterError::Connect {
+                url: cfg.url.clone(),
+                source,
+            })?;
+    let mut m = Master {
+        client: client.clone(),
+        table,
+        reserve,
+        members: HashMap::new(),
+        pending: HashMap::new(),
+        max_lease: cfg.max_lease,
+    };
+    ready(&ns);
+    tokio::pin!(shutdown);
+    let result = loop {
+        let wake = m
+            .table
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                if let Err(e) = m.reserve_for_promotion() {
+                    break Err(e.into());
+                }
+                let ch = m.table.expire(Instant::now());
+                m.answer(ch).await;
+            }
+            ev = events.recv() => match ev {
+                None => break Err(MasterError::Closed),
+                Some(ev) => {
+                    if let Err(e) = m.on_event(ev).await {
+                        break Err(e);
+                    }
+                }
+            },
+        }
+    };
+    client.close().await;
+    result
+}
+
+/// Connect; a refusal of our id as a duplicate is retried for a while (the previous master's
+/// session may not have been noticed as gone yet).
+async fn connect_retrying(
+    opts: ClientOptions,
+) -> Result<(Client, ipc_client::Events), ClientError> {
+    let start = Instant::now();
+    loop {
+        match Client::connect(opts.clone()).await {
+            Err(ClientError::DuplicatePeer(_)) if start.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+struct Master {
+    client: Client,
+    table: LockTable,
+    reserve: FenceReserve,
+    /// Session epoch of every member, from the welcome and later joined/left events.
+    members: HashMap<String, u64>,
+    /// Queued lock requests, by lock id, waiting for an answer.
+    pending: HashMap<u64, IncomingRequest>,
+    max_lease: Duration,
+}
+
+impl Master {
+    async fn on_event(&mut self, ev: Event) -> Result<(), MasterError> {
+        let now = Instant::now();
+        match ev {
+            Event::Connected { members, .. } => {
+                self.members = members.into_iter().collect();
+                let members = self.members.clone();
+                self.reserve_for_promotion()?;
+                let ch = self
+                    .table
+                    .release_owners(|o| members.get(&o.peer).is_some_and(|e| *e != o.epoch), now);
+                self.answer(ch).await;
+            }
+            Event::Joined { peer, epoch } => {
+                self.members.insert(peer.clone(), epoch);
+                self.reserve_for_promotion()?;
+                let ch = self
+                    .table
+                    .release_owners(|o| o.peer == peer && o.epoch < epoch, now);
+                self.answer(ch).await;
+            }
+            Event::Left { peer, epoch, .. } => {
+                if self.members.get(&peer) == Some(&epoch) {
+                    self.members.remove(&peer);
+                }
+                self.pending.retain(|_, r| r.from != peer);
+                self.reserve_for_promotion()?;
+                let ch = self
+                    .table
+                    .release_owners(|o| o.peer == peer && o.epoch <= epoch, now);
+                self.answer(ch).await;
+            }
+            Event::Request(req) => self.on_request(req, now).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reserve tokens for everything that one operation may grant (the request itself plus
+    /// every waiting request), before the table hands any of them out.
+    fn reserve_for_promotion(&mut self) -> Result<(), Error> {
+        let (_, waiting) = self.table.counts();
+        self.reserve
+            .ensure(self.table.last_token() + waiting as u64 + 1)
+    }
+
+    async fn on_request(&mut self, req: IncomingRequest, now: Instant) -> Result<(), MasterError> {
+        let owner = Owner {
+            peer: req.from.clone(),
+            epoch: self.members.get(&req.from).copied().unwrap_or(0),
+        };
+        let parsed = match Request::decode(&req.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let reply = Reply::Error {
+                    kind: ErrorKind::BadRequest,
+                    message: format!("cannot parse the request: {e}"),
+                };
+                let _ = self.client.reply(&req, &reply.encode()).await;
+                return Ok(());
+            }
+        };
+        match parsed {
+            Request::Lock {
+                items,
+                floor,
+                lease_ms,
+                wait_ms,
+            } => {
+                let lease = Duration::from_millis(lease_ms.max(1)).min(self.max_lease);
+                let deadline = (now + Duration::from_millis(wait_ms)).min(req.deadline);
+                self.table.raise_floor(floor);
+                self.reserve_for_promotion()?;
+                match self.table.request(owner, items, lease, deadline, now) {
+                    Outcome::Granted(g) => {
+                        let reply = Reply::Granted {
+                            id: g.id,
+                            token: g.token,
+                            lease_ms: lease.as_millis() as u64,
+                        };
+                        let _ = self.client.reply(&req, &reply.encode()).await;
+                    }
+                    Outcome::Queued(id) => {
+                        self.pending.insert(id, req);
+                    }
+                }
+            }
+            Request::Release { id } => {
+                self.reserve_for_promotion()?;
+                let (held, ch) = self.table.release(id, &owner, now);
+                self.pending.remove(&id);
+                let _ = self
+                    .client
+                    .reply(&req, &Reply::Done { held }.encode())
+                    .await;
+                self.answer(ch).await;
+            }
+            Request::Renew { id, lease_ms } => {
+                let lease = Duration::from_millis(lease_ms.max(1)).min(self.max_lease);
+                let held = self.table.renew(id, &owner, lease, now);
+                let _ = self
+                    .client
+                    .reply(&req, &Reply::Done { held }.encode())
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answer the requesters whose requests were granted or gave up.
+    async fn answer(&mut self, ch: Changes) {
+        for g in ch.granted {
+            if let Some(req) = self.pending.remove(&g.id) {
+                let lease = g.expires.saturating_duration_since(Instant::now());
+                let reply = Reply::Granted {
+                    id: g.id,
+                    token: g.token,
+                    lease_ms: lease.as_millis() as u64,
+                };
+                let _ = self.client.reply(&req, &reply.encode()).await;
+            }
+        }
+        for id in ch.gave_up {
+            if let Some(req) = self.pending.remove(&id) {
+                let reply = Reply::Error {
+                    kind: ErrorKind::Timeout,
+                    message: "conflicting locks were still held".into(),
+                };
+                let _ = self.client.reply(&req, &reply.encode()).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The worker side: a [`LockProvider`] that asks the master through the post office, and the
+//! coordinated open of a database directory for one operation.
+//!
+//! Every request to the master has a deadline: a dead, hung or absent master, or a lost
+//! post-office connection, ends the request with [`Error::MasterUnavailable`] within
+//! `timeout` (plus the lock wait the worker asked for), never a hang. A lock the master could
+//! not grant within the wait is [`Error::LockTimeout`].
+//!
+//! The worker connects lazily, on its first write: reads never talk to anybody.
+
+use super::files::{namespace_for, CommitTurn, FileLockError};
+use super::lock_table::Mode;
+use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
+use crate::error::{Error, Result};
+use crate::lock::{Grant, LockProvider};
+use crate::path::Segment;
+use crate::{Db, Durability, Options};
+use ipc_client::{Client, ClientOptions, RequestError};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How a worker reaches its master.
+#[derive(Clone, Debug)]
+pub struct IpcConfig {
+    /// `ws://` or `wss://` URL of the post office.
+    pub url: String,
+    pub token: Option<String>,
+    /// Namespace; by default the database directory's name.
+    pub namespace: Option<String>,
+    /// Deadline of each request to the master (and of connecting, and of the commit turn).
+    pub timeout: Duration,
+    /// How long the master may keep a lock request waiting for conflicting locks.
+    pub lock_wait: Duration,
+    /// Lease asked for each lock.
+    pub lease: Duration,
+    /// Test hook: sleep this long right before each commit is validated and written (after
+    /// the transaction wrote its pages), so a test can kill the worker mid-transaction.
+    pub pause_before_commit: Option<Duration>,
+}
+
+impl IpcConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        IpcConfig {
+            url: url.into(),
+            token: None,
+            namespace: None,
+            timeout: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
+            pause_before_commit: None,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A lock held from the master, by fencing token.
+struct Held {
+    id: u64,
+    /// Conservative local end of the lease: measured from *before* the request was sent.
+    expires: Instant,
+}
+
+/// [`LockProvider`] served by the master. Owns a small runtime for its post-office client, so
+/// it can be called from plain threads (not from inside another tokio runtime).
+pub struct IpcLocks {
+    cfg: IpcConfig,
+    namespace: String,
+    peer_id: String,
+    rt: tokio::runtime::Runtime,
+    client: Mutex<Option<Client>>,
+    held: Mutex<HashMap<u64, Held>>,
+}
+
+impl IpcLocks {
+    /// A provider for the database in `dir`; nothing is connected yet.
+    pub fn new(dir: &Path, cfg: IpcConfig) -> Result<IpcLocks> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("db-node-ipc")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::MasterUnavailable(format!("cannot start the IPC runtime: {e}")))?;
+        let namespace = cfg.namespace.clone().unwrap_or_else(|| namespace_for(dir));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        Ok(IpcLocks {
+            peer_id: format!("worker-{}-{nanos:x}", std::process::id()),
+            cfg,
+            namespace,
+            rt,
+            client: Mutex::new(None),
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This worker's peer id in the namespace.
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    fn client(&self) -> Result<Client> {
+        let mut slot = lock(&self.client);
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let mut opts = ClientOptions::new(&self.cfg.url, &self.namespace, &self.peer_id)
+            .request_timeout(self.cfg.timeout);
+        opts.token = self.cfg.token.clone();
+        let timeout = self.cfg.timeout;
+        let (client, events) = self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, Client::connect(opts)).await })
+            .map_err(|_| Error::MasterUnavailable("no answer from the post office".into()))?
+            .map_err(|e| Error::MasterUnavailable(format!("cannot reach the post office: {e}")))?;
+        // Nobody sends us anything we need; drain the events so the server never sees us as
+        // a slow consumer.
+        self.rt.spawn(async move {
+            let mut events = events;
+            while events.recv().await.is_some() {}
+        });
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    fn ask(&self, req: &Request, wait: Duration) -> Result<Reply> {
+        let client = self.client()?;
+        let deadline = self.cfg.timeout + wait;
+        let payload = req.encode();
+        let reply = self
+            .rt
+            .block_on(client.request(MASTER_PEER, &payload, Some(deadline)))
+            .map_err(|e| match e {
+                RequestError::UnknownPeer(_) => {
+                    Error::MasterUnavailable("no master has joined the namespace".into())
+                }
+                RequestError::Timeout => {
+                    Error::MasterUnavailable(format!("no reply within {deadline:?}"))
+                }
+                e => Error::MasterUnavailable(e.to_string()),
+            })?;
+        Reply::decode(&reply)
+            .map_err(|e| Error::MasterUnavailable(format!("unreadable reply from the master: {e}")))
+    }
+}
+
+impl LockProvider for IpcLocks {
+    fn acquire(&self, paths: &[Vec<Segment>], floor: u64) -> Result<Grant> {
+        let items = paths
+            .iter()
+            .map(|p| (p.iter().map(|s| s.to_string()).collect(), Mode::Write))
+            .collect();
+        let req = Request::Lock {
+            items,
+            floor,
+            lease_ms: self.cfg.lease.as_millis() as u64,
+            wait_ms: self.cfg.lock_wait.as_millis() as u64,
+        };
+        let sent = Instant::now();
+        match self.ask(&req, self.cfg.lock_wait)? {
+            Reply::Granted {
+                id,
+                token,
+                lease_ms,
+            } => {
+                let expires = sent + Duration::from_millis(lease_ms);
+                lock(&self.held).insert(token, Held { id, expires });
+                Ok(Grant {
+                    paths: paths.to_vec(),
+                    token,
+                })
+            }
+            Reply::Error {
+                kind: ErrorKind::Timeout,
+                message,
+            } => Err(Error::LockTimeout(message)),
+            other => Err(Error::MasterUnavailable(format!(
+                "unexpected reply to a lock request: {other:?}"
+            ))),
+        }
+    }
+
+    fn release(&self, grant: &Grant) {
+        let held = lock(&self.held).remove(&grant.token);
+        if let Some(h) = held {
+            // Best effort: if this fails, our leaving or the lease frees the lock.
+            let _ = self.ask(&Request::Release { id: h.id }, Duration::ZERO);
+        }
+    }
+
+    fn validate(&self, grant: &Grant) -> Result<()> {
+        if let Some(p) = self.cfg.pause_before_commit {
+            eprintln!("db-node: test hook: pausing {p:?} before the commit");
+            std::thread::sleep(p);
+        }
+        match lock(&self.held).get(&grant.token) {
+            Some(h) if h.expires > Instant::now() => Ok(()),
+            Some(_) => Err(Error::Fenced(format!(
+                "the lease of lock {} (token {}) ran out",
+                grant.token, grant.token
+            ))),
+            None => Err(Error::Fenced(format!("token {} is not held", grant.token))),
+        }
+    }
+}
+
+impl Drop for IpcLocks {
+    fn drop(&mut self) {
+        if let Some(c) = lock(&self.client).take() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(1), c.close()).await });
+        }
+    }
+}
+
+/// A database opened as a worker of a coordinated group, for one operation: it holds the
+/// commit turn from open to drop, so it sees the latest committed state and nobody else
+/// changes the files meanwhile. Dereferences to [`Db`].
+pub struct WorkerDb {
+    // field order = drop order: close the database before giving the turn back
+    db: Db,
+    _turn: CommitTurn,
+}
+
+impl std::ops::Deref for WorkerDb {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// Open `dir` as a worker: wait for the commit turn (at most `cfg.timeout`), then open the
+/// files with the directory lock shared and the master as lock provider.
+pub fn open_worker(
+    dir: impl Into<PathBuf>,
+    cfg: IpcConfig,
+    durability: Durability,
+) -> std::result::Result<WorkerDb, FileLockError> {
+    let dir = dir.into();
+    let turn = CommitTurn::acquire(&dir, cfg.timeout)?;
+    let locks = IpcLocks::new(&dir, cfg)?;
+    let db = Db::open(
+        &dir,
+        Options {
+            durability,
+            locks: Some(Arc::new(locks)),
+            coordinated: true,
+        },
+    )?;
+    Ok(WorkerDb { db, _turn: turn })
+}

@@ -1,0 +1,185 @@
+//! Master and workers as real processes around a real `ipc-server` (issue 6).
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_second_master_and_an_uncoordinated_open_are_refused() {
+    let server = Server::start();
+    let dir = temp_db("second");
+    let _m = master(&dir, &server.url);
+    let (ok, _, err) = run(&mut db_node(&dir, &server.url, &["master"]), T);
+    assert!(!ok);
+    assert!(err.contains("another master"), "{err}");
+    // a plain open (no --ipc) must not touch the files the group shares
+    let (ok, _, err) = run(
+        std::process::Command::new(DB_NODE)
+            .arg("--db")
+            .arg(&dir)
+            .args(["get", "x"]),
+        T,
+    );
+    assert!(!ok);
+    assert!(err.contains("run workers with an IPC role"), "{err}");
+}
+
+#[test]
+fn concurrent_master_starts_yield_exactly_one_master() {
+    let server = Server::start();
+    let dir = temp_db("race");
+    // 10 rounds of 20 simultaneous starts, each round right after the previous master was
+    // SIGKILLed
+    let rounds = 10;
+    let per_round = 20;
+    for round in 0..rounds {
+        let mut procs: Vec<Proc> = (0..per_round)
+            .map(|_| Proc::spawn(&mut db_node(&dir, &server.url, &["master"])))
+            .collect();
+        // every loser exits with code 2; exactly one stays and becomes ready
+        let end = Instant::now() + T;
+        let mut alive: Vec<usize> = (0..per_round).collect();
+        while alive.len() > 1 && Instant::now() < end {
+            alive.retain(|&i| match procs[i].child.try_wait() {
+                Ok(Some(status)) => {
+                    assert_eq!(status.code(), Some(2), "round {round}: a loser must exit 2");
+                    false
+                }
+                _ => true,
+            });
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(alive.len(), 1, "round {round}: live masters {alive:?}");
+        let winner = &mut procs[alive[0]];
+        assert!(
+            winner.stdout.wait_for("ready", T).is_some(),
+            "round {round}: the winner did not get ready: {}",
+            winner.stderr.drain()
+        );
+        assert!(winner.child.try_wait().ok().flatten().is_none());
+        // kill it the hard way: the next round's winner must take over at once
+        winner.kill();
+    }
+}
+
+fn get(dir: &std::path::Path, url: &str, path: &str) -> String {
+    let (ok, out, err) = run(&mut db_node(dir, url, &["get", path]), T);
+    assert!(ok, "get {path}: {err}");
+    out.trim().to_string()
+}
+
+fn set(dir: &std::path::Path, url: &str, path: &str, json: &str) {
+    let (ok, _, err) = run(&mut db_node(dir, url, &["--nosync", "set", path, json]), T);
+    assert!(ok, "set {path}: {err}");
+}
+
+#[test]
+fn a_worker_killed_holding_a_write_lock_frees_it_within_a_second() {
+    let server = Server::start();
+    let dir = temp_db("killed");
+    let _m = master(&dir, &server.url);
+    set(&dir, &server.url, "users/alice", "0");
+    let iterations = 20;
+    let mut worst = Duration::ZERO;
+    for i in 0..iterations {
+        // a worker that got its lock, wrote its pages, and hangs before the commit
+        let mut hung = Proc::spawn(&mut db_node(
+            &dir,
+            &server.url,
+            &[
+                "--nosync",
+                "--pause-before-commit-ms",
+                "60000",
+                "set",
+                "users/alice",
+                "{\"half\":\"done\"}",
+            ],
+        ));
+        assert!(
+            hung.stderr.wait_for("pausing", T).is_some(),
+            "iteration {i}: the worker never got its lock"
+        );
+        hung.kill();
+        let killed = Instant::now();
+        if i == 0 {
+            // the killed transaction is invisible (this read also waits for the turn)
+            assert_eq!(get(&dir, &server.url, "users/alice"), "0");
+        }
+        let value = format!("{}", i + 1);
+        set(&dir, &server.url, "users/alice", &value);
+        let took = killed.elapsed();
+        worst = worst.max(took);
+        assert!(
+            took < Duration::from_secs(1),
+            "iteration {i}: the next writer needed {took:?}"
+        );
+    }
+    eprintln!("worst handoff after SIGKILL: {worst:?}");
+    // the half-done transactions are invisible; the database checks clean
+    assert_eq!(
+        get(&dir, &server.url, "users/alice"),
+        iterations.to_string()
+    );
+    let (ok, out, err) = run(&mut db_node(&dir, &server.url, &["check"]), T);
+    assert!(ok, "check: {out} {err}");
+}
+
+#[test]
+fn without_a_master_a_write_fails_with_master_unavailable_in_time() {
+    let server = Server::start();
+    let dir = temp_db("nomaster");
+    // never had a master
+    let start = Instant::now();
+    let (ok, _, err) = run(
+        &mut db_node(
+            &dir,
+            &server.url,
+            &["--ipc-timeout-ms", "300", "set", "a", "1"],
+        ),
+        T,
+    );
+    assert!(!ok);
+    assert!(err.contains("master unavailable"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // reads need nobody
+    assert_eq!(get(&dir, &server.url, "a"), "null");
+    // a master that was SIGKILLed
+    let mut m = master(&dir, &server.url);
+    set(&dir, &server.url, "a", "1");
+    m.kill();
+    let (ok, _, err) = run(
+        &mut db_node(
+            &dir,
+            &server.url,
+            &["--ipc-timeout-ms", "300", "set", "a", "2"],
+        ),
+        T,
+    );
+    assert!(!ok);
+    assert!(err.contains("master unavailable"), "{err}");
+    // a new master: workers continue by themselves, nothing committed was lost
+    let _m = master(&dir, &server.url);
+    assert_eq!(get(&dir, &server.url, "a"), "1");
+    set(&dir, &server.url, "a", "3");
+    assert_eq!(get(&dir, &server.url, "a"), "3");
+}
+
+#[test]
+fn a_post_office_that_is_down_is_master_unavailable() {
+    // a port nobody listens on (bound, then released)
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let url = format!("ws://127.0.0.1:{port}");
+    let dir = temp_db("nooffice");
+    let (ok, _, err) = run(
+        &mut db_node(&dir, &url, &["--ipc-timeout-ms", "300", "set", "a", "1"]),
+        T,
+    );
+    assert!(!ok);
+    assert!(err.contains("master unavailable"), "{err}");
+}
