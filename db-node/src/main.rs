@@ -74,6 +74,15 @@ enum Cmd {
     Check,
     /// Print figures about the database as JSON.
     Stats,
+    /// Add BY to the integer at PATH, TIMES times, each in its own transaction (with `--ipc`,
+    /// each takes its own lock from the master); prints the last value.
+    Incr {
+        path: String,
+        #[arg(long, default_value_t = 1)]
+        by: i64,
+        #[arg(long, default_value_t = 1)]
+        times: u64,
+    },
     /// Serve the database's lock table to workers through the post office (`--ipc`). Exits 2
     /// if another master already serves the directory.
     Master {
@@ -167,15 +176,72 @@ impl std::ops::Deref for Opened {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<i32> {
-    if let Cmd::Master { max_lease_ms } = cli.cmd {
-        return run_master(&cli, max_lease_ms);
+fn ipc_config(cli: &Cli, url: &str) -> IpcConfig {
+    let mut cfg = IpcConfig::new(url);
+    cfg.token = cli.token.clone();
+    cfg.namespace = cli.namespace.clone();
+    cfg.timeout = Duration::from_millis(cli.ipc_timeout_ms.max(1));
+    cfg.pause_before_commit = cli.pause_before_commit_ms.map(Duration::from_millis);
+    cfg
+}
+
+/// One transactional increment of the integer at `path` (absent counts as 0).
+fn increment(db: &Db, path: &str, by: i64) -> db_node::Result<i64> {
+    let mut last = 0;
+    db.transaction(path, |v| {
+        let cur = match v {
+            Value::Int(i) => i,
+            _ => 0,
+        };
+        last = cur.wrapping_add(by);
+        Some(Value::Int(last))
+    })?;
+    Ok(last)
+}
+
+fn run_incr(
+    cli: &Cli,
+    durability: Durability,
+    path: &str,
+    by: i64,
+    times: u64,
+) -> anyhow::Result<i32> {
+    let mut last = 0;
+    match &cli.ipc {
+        Some(url) => {
+            let session = coord::WorkerSession::new(&cli.db, ipc_config(cli, url), durability)?;
+            for _ in 0..times {
+                last = session.run(|db| increment(db, path, by))?;
+            }
+        }
+        None => {
+            let db = Db::open(
+                &cli.db,
+                Options {
+                    durability,
+                    ..Options::default()
+                },
+            )?;
+            for _ in 0..times {
+                last = increment(&db, path, by)?;
+            }
+        }
     }
+    println!("{last}");
+    Ok(0)
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
     let durability = if cli.nosync {
         Durability::NoSync
     } else {
         Durability::Sync
     };
+    match &cli.cmd {
+        Cmd::Master { max_lease_ms } => return run_master(&cli, *max_lease_ms),
+        Cmd::Incr { path, by, times } => return run_incr(&cli, durability, path, *by, *times),
+        _ => {}
+    }
     let db = match &cli.ipc {
         None => Opened::Alone(Db::open(
             &cli.db,
@@ -184,14 +250,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 ..Options::default()
             },
         )?),
-        Some(url) => {
-            let mut cfg = IpcConfig::new(url.clone());
-            cfg.token = cli.token.clone();
-            cfg.namespace = cli.namespace.clone();
-            cfg.timeout = Duration::from_millis(cli.ipc_timeout_ms.max(1));
-            cfg.pause_before_commit = cli.pause_before_commit_ms.map(Duration::from_millis);
-            Opened::Worker(coord::open_worker(&cli.db, cfg, durability)?)
-        }
+        Some(url) => Opened::Worker(coord::open_worker(
+            &cli.db,
+            ipc_config(&cli, url),
+            durability,
+        )?),
     };
     let out = |j: serde_json::Value| println!("{j}");
     match cli.cmd {
@@ -243,7 +306,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 "file_bytes": s.file_bytes, "recovered": s.recovered, "redo_bytes": s.redo_bytes,
             }));
         }
-        Cmd::Master { .. } => bail!("master is handled before opening the database"),
+        Cmd::Master { .. } | Cmd::Incr { .. } => {
+            bail!("handled before opening the database")
+        }
     }
     Ok(0)
 }

@@ -183,3 +183,42 @@ fn a_post_office_that_is_down_is_master_unavailable() {
     assert!(!ok);
     assert!(err.contains("master unavailable"), "{err}");
 }
+
+#[test]
+fn four_workers_incrementing_one_counter_lose_no_update() {
+    let server = Server::start();
+    let dir = temp_db("counter");
+    let _m = master(&dir, &server.url);
+    let per_worker: u64 = std::env::var("COORD_COUNTER_PER_WORKER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let times = per_worker.to_string();
+    let start = Instant::now();
+    let mut workers: Vec<Proc> = (0..4)
+        .map(|_| {
+            Proc::spawn(&mut db_node(
+                &dir,
+                &server.url,
+                &["--nosync", "incr", "counters/c", "--times", &times],
+            ))
+        })
+        .collect();
+    for (i, w) in workers.iter_mut().enumerate() {
+        let status = w
+            .wait_exit(Duration::from_secs(90))
+            .expect("worker finished");
+        assert!(status.success(), "worker {i}: {}", w.stderr.rest(T));
+    }
+    eprintln!(
+        "{} increments by 4 workers in {:?}",
+        4 * per_worker,
+        start.elapsed()
+    );
+    assert_eq!(
+        get(&dir, &server.url, "counters/c"),
+        (4 * per_worker).to_string()
+    );
+    let (ok, out, err) = run(&mut db_node(&dir, &server.url, &["check"]), T);
+    assert!(ok, "check: {out} {err}");
+}

@@ -19,4 +19,4 @@ pub mod worker;
 
 pub use lock_table::{LockPath, LockTable, Mode, Owner};
 pub use master::{run_master, MasterConfig, MasterError};
-pub use worker::{open_worker, IpcConfig, IpcLocks, WorkerDb};
+pub use worker::{open_worker, IpcConfig, IpcLocks, WorkerDb, WorkerSession};

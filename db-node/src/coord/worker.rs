@@ -256,3 +256,50 @@ pub fn open_worker(
     )?;
     Ok(WorkerDb { db, _turn: turn })
 }
+
+/// A long-lived worker: one post-office connection (made on the first write) shared by many
+/// operations, each of which takes the commit turn and opens the latest state of the files.
+pub struct WorkerSession {
+    dir: PathBuf,
+    timeout: Duration,
+    durability: Durability,
+    locks: Arc<IpcLocks>,
+}
+
+impl WorkerSession {
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        cfg: IpcConfig,
+        durability: Durability,
+    ) -> std::result::Result<WorkerSession, FileLockError> {
+        let dir = dir.into();
+        let timeout = cfg.timeout;
+        let locks = Arc::new(IpcLocks::new(&dir, cfg)?);
+        Ok(WorkerSession {
+            dir,
+            timeout,
+            durability,
+            locks,
+        })
+    }
+
+    /// Run `f` on the current state of the database, holding the commit turn throughout.
+    pub fn run<R>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<R>,
+    ) -> std::result::Result<R, FileLockError> {
+        let turn = CommitTurn::acquire(&self.dir, self.timeout)?;
+        let db = Db::open(
+            &self.dir,
+            Options {
+                durability: self.durability,
+                locks: Some(self.locks.clone()),
+                coordinated: true,
+            },
+        )?;
+        let r = f(&db);
+        drop(db);
+        drop(turn);
+        Ok(r?)
+    }
+}
