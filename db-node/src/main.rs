@@ -83,6 +83,10 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         times: u64,
     },
+    /// Print the commits of the group (`--ipc`) that change paths overlapping PATTERN (`*`
+    /// matches one segment) as JSON lines: `{"txn","fence","changed"}`, `{"gap":{"from","to"}}`
+    /// when commits were missed, `{"disconnected":true}` when the post office went away.
+    Watch { pattern: String },
     /// Serve the database's lock table to workers through the post office (`--ipc`). Exits 2
     /// if another master already serves the directory.
     Master {
@@ -145,8 +149,8 @@ fn run_master(cli: &Cli, max_lease_ms: u64) -> anyhow::Result<i32> {
     }
 }
 
-fn input(arg: Option<String>) -> anyhow::Result<Value> {
-    let text = match arg {
+fn input_text(arg: Option<String>) -> anyhow::Result<String> {
+    Ok(match arg {
         Some(t) => t,
         None => {
             let mut s = String::new();
@@ -155,25 +159,13 @@ fn input(arg: Option<String>) -> anyhow::Result<Value> {
                 .context("reading stdin")?;
             s
         }
-    };
+    })
+}
+
+fn input(arg: Option<String>) -> anyhow::Result<Value> {
+    let text = input_text(arg)?;
     let j: serde_json::Value = serde_json::from_str(&text).context("parsing the JSON value")?;
     Ok(Value::from_json(&j))
-}
-
-/// The database of a data command: opened alone, or as a worker of a group with `--ipc`.
-enum Opened {
-    Alone(Db),
-    Worker(coord::WorkerDb),
-}
-
-impl std::ops::Deref for Opened {
-    type Target = Db;
-    fn deref(&self) -> &Db {
-        match self {
-            Opened::Alone(d) => d,
-            Opened::Worker(w) => w,
-        }
-    }
 }
 
 fn ipc_config(cli: &Cli, url: &str) -> IpcConfig {
@@ -231,6 +223,42 @@ fn run_incr(
     Ok(0)
 }
 
+fn run_watch(cli: &Cli, pattern: &str) -> anyhow::Result<i32> {
+    let Some(url) = cli.ipc.clone() else {
+        bail!("watch needs --ipc URL (or DB_NODE_IPC)");
+    };
+    let cfg = coord::watch::WatchConfig {
+        url,
+        token: cli.token.clone(),
+        namespace: cli.namespace.clone(),
+        timeout: Duration::from_millis(cli.ipc_timeout_ms.max(1)),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(coord::watch::watch(
+        &cli.db,
+        cfg,
+        pattern,
+        || eprintln!("db-node: watching {pattern}"),
+        |w| {
+            let line = match w {
+                coord::watch::Watched::Commit(a) => {
+                    serde_json::json!({"txn": a.txn, "fence": a.fence, "changed": a.changed})
+                }
+                coord::watch::Watched::Gap { from, to } => {
+                    serde_json::json!({"gap": {"from": from, "to": to}})
+                }
+                coord::watch::Watched::Disconnected => serde_json::json!({"disconnected": true}),
+            };
+            println!("{line}");
+            true
+        },
+    ))?;
+    Ok(0)
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let durability = if cli.nosync {
         Durability::NoSync
@@ -240,24 +268,48 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.cmd {
         Cmd::Master { max_lease_ms } => return run_master(&cli, *max_lease_ms),
         Cmd::Incr { path, by, times } => return run_incr(&cli, durability, path, *by, *times),
+        Cmd::Watch { pattern } => return run_watch(&cli, pattern),
         _ => {}
     }
-    let db = match &cli.ipc {
-        None => Opened::Alone(Db::open(
-            &cli.db,
-            Options {
-                durability,
-                ..Options::default()
-            },
-        )?),
-        Some(url) => Opened::Worker(coord::open_worker(
-            &cli.db,
-            ipc_config(&cli, url),
-            durability,
-        )?),
-    };
+    let ipc = cli.ipc.as_ref().map(|url| ipc_config(&cli, url));
+    let cmd = read_stdin_input(cli.cmd)?;
+    match ipc {
+        None => {
+            let db = Db::open(
+                &cli.db,
+                Options {
+                    durability,
+                    ..Options::default()
+                },
+            )?;
+            data(&db, cmd)
+        }
+        Some(cfg) => {
+            let session = coord::WorkerSession::new(&cli.db, cfg, durability)?;
+            session.run(|db| Ok(data(db, cmd)))?
+        }
+    }
+}
+
+/// Read the JSON input of `set`/`update` from stdin now, before any lock is held.
+fn read_stdin_input(cmd: Cmd) -> anyhow::Result<Cmd> {
+    Ok(match cmd {
+        Cmd::Set { path, json } => Cmd::Set {
+            path,
+            json: Some(input_text(json)?),
+        },
+        Cmd::Update { path, json } => Cmd::Update {
+            path,
+            json: Some(input_text(json)?),
+        },
+        c => c,
+    })
+}
+
+/// Run one data command on an open database.
+fn data(db: &Db, cmd: Cmd) -> anyhow::Result<i32> {
     let out = |j: serde_json::Value| println!("{j}");
-    match cli.cmd {
+    match cmd {
         Cmd::Get { path, only } => {
             let v = if only.is_empty() {
                 db.get(&path)?
@@ -306,7 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 "file_bytes": s.file_bytes, "recovered": s.recovered, "redo_bytes": s.redo_bytes,
             }));
         }
-        Cmd::Master { .. } | Cmd::Incr { .. } => {
+        Cmd::Master { .. } | Cmd::Incr { .. } | Cmd::Watch { .. } => {
             bail!("handled before opening the database")
         }
     }

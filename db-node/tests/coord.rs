@@ -222,3 +222,47 @@ fn four_workers_incrementing_one_counter_lose_no_update() {
     let (ok, out, err) = run(&mut db_node(&dir, &server.url, &["check"]), T);
     assert!(ok, "check: {out} {err}");
 }
+
+fn watcher(dir: &std::path::Path, url: &str, pattern: &str) -> Proc {
+    let w = Proc::spawn(&mut db_node(dir, url, &["watch", pattern]));
+    assert!(
+        w.stderr.wait_for("watching", T).is_some(),
+        "watcher did not start"
+    );
+    w
+}
+
+fn next_json(p: &Proc) -> serde_json::Value {
+    let line = p
+        .stdout
+        .wait_for("{", Duration::from_secs(5))
+        .expect("a watch line within 5 s");
+    serde_json::from_str(&line).expect("watch lines are JSON")
+}
+
+#[test]
+fn commits_are_announced_to_watchers_that_joined_before_or_after() {
+    let server = Server::start();
+    let dir = temp_db("watch");
+    let _m = master(&dir, &server.url);
+    let early = watcher(&dir, &server.url, "users/*");
+    set(&dir, &server.url, "users/alice", "1");
+    set(&dir, &server.url, "posts/1", "\"hello\"");
+    set(&dir, &server.url, "users/bob", "2");
+    let a = next_json(&early);
+    assert_eq!(a["changed"], serde_json::json!(["users/alice"]), "{a}");
+    // posts/1 is filtered out, and no gap is reported: ids are consecutive
+    let b = next_json(&early);
+    assert_eq!(b["changed"], serde_json::json!(["users/bob"]), "{b}");
+    assert_eq!(
+        b["txn"].as_u64(),
+        a["txn"].as_u64().map(|t| t + 2),
+        "{a} {b}"
+    );
+    let late = watcher(&dir, &server.url, "users/carol");
+    set(&dir, &server.url, "users/carol", "{\"age\": 3}");
+    for w in [&early, &late] {
+        let c = next_json(w);
+        assert_eq!(c["changed"], serde_json::json!(["users/carol"]), "{c}");
+    }
+}

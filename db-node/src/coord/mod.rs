@@ -9,14 +9,17 @@
 //! * [`wire`]: the JSON messages between workers and the master;
 //! * [`files`]: `master.lock`, the commit turn and the fencing reservation;
 //! * [`master`]: the master process loop;
-//! * [`worker`]: the lock provider that asks the master, and the coordinated open.
+//! * [`worker`]: the lock provider that asks the master, and worker sessions;
+//! * [`announce`], [`watch`]: commit announcements and watching them.
 
+pub mod announce;
 pub mod files;
 pub mod lock_table;
 pub mod master;
+pub mod watch;
 pub mod wire;
 pub mod worker;
 
 pub use lock_table::{LockPath, LockTable, Mode, Owner};
 pub use master::{run_master, MasterConfig, MasterError};
-pub use worker::{open_worker, IpcConfig, IpcLocks, WorkerDb, WorkerSession};
+pub use worker::{IpcConfig, IpcLocks, WorkerSession};

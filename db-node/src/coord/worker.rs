@@ -1,5 +1,5 @@
-//! The worker side: a [`LockProvider`] that asks the master through the post office, and the
-//! coordinated open of a database directory for one operation.
+//! The worker side: a [`LockProvider`] that asks the master through the post office, and
+//! [`WorkerSession`], which runs operations on the shared files and announces their commits.
 //!
 //! Every request to the master has a deadline: a dead, hung or absent master, or a lost
 //! post-office connection, ends the request with [`Error::MasterUnavailable`] within
@@ -8,13 +8,14 @@
 //!
 //! The worker connects lazily, on its first write: reads never talk to anybody.
 
+use super::announce::{Announcement, COMMITS_SUBJECT};
 use super::files::{namespace_for, CommitTurn, FileLockError};
 use super::lock_table::Mode;
 use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
 use crate::error::{Error, Result};
 use crate::lock::{Grant, LockProvider};
 use crate::path::Segment;
-use crate::{Db, Durability, Options};
+use crate::{CommitInfo, Db, Durability, Options};
 use ipc_client::{Client, ClientOptions, RequestError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -150,6 +151,28 @@ impl IpcLocks {
     }
 }
 
+impl IpcLocks {
+    /// Publish a commit on [`COMMITS_SUBJECT`] and wait until the post office has routed it
+    /// (so announcements of successive commit turns reach subscribers in commit order).
+    pub fn announce(&self, info: &CommitInfo) -> Result<()> {
+        let client = self.client()?;
+        let payload = Announcement::from(info).encode();
+        let timeout = self.cfg.timeout;
+        self.rt
+            .block_on(async {
+                tokio::time::timeout(timeout, async {
+                    client.publish(COMMITS_SUBJECT, &payload).await?;
+                    client.flush().await
+                })
+                .await
+            })
+            .map_err(|_| {
+                Error::MasterUnavailable("the post office did not confirm in time".into())
+            })?
+            .map_err(|e| Error::MasterUnavailable(format!("announcing commit {}: {e}", info.txn)))
+    }
+}
+
 impl LockProvider for IpcLocks {
     fn acquire(&self, paths: &[Vec<Segment>], floor: u64) -> Result<Grant> {
         let items = paths
@@ -220,43 +243,6 @@ impl Drop for IpcLocks {
     }
 }
 
-/// A database opened as a worker of a coordinated group, for one operation: it holds the
-/// commit turn from open to drop, so it sees the latest committed state and nobody else
-/// changes the files meanwhile. Dereferences to [`Db`].
-pub struct WorkerDb {
-    // field order = drop order: close the database before giving the turn back
-    db: Db,
-    _turn: CommitTurn,
-}
-
-impl std::ops::Deref for WorkerDb {
-    type Target = Db;
-    fn deref(&self) -> &Db {
-        &self.db
-    }
-}
-
-/// Open `dir` as a worker: wait for the commit turn (at most `cfg.timeout`), then open the
-/// files with the directory lock shared and the master as lock provider.
-pub fn open_worker(
-    dir: impl Into<PathBuf>,
-    cfg: IpcConfig,
-    durability: Durability,
-) -> std::result::Result<WorkerDb, FileLockError> {
-    let dir = dir.into();
-    let turn = CommitTurn::acquire(&dir, cfg.timeout)?;
-    let locks = IpcLocks::new(&dir, cfg)?;
-    let db = Db::open(
-        &dir,
-        Options {
-            durability,
-            locks: Some(Arc::new(locks)),
-            coordinated: true,
-        },
-    )?;
-    Ok(WorkerDb { db, _turn: turn })
-}
-
 /// A long-lived worker: one post-office connection (made on the first write) shared by many
 /// operations, each of which takes the commit turn and opens the latest state of the files.
 pub struct WorkerSession {
@@ -297,7 +283,15 @@ impl WorkerSession {
                 coordinated: true,
             },
         )?;
+        let commits = db.subscribe();
         let r = f(&db);
+        for info in commits.try_iter() {
+            // The commit is durable whatever happens here; a lost announcement shows up as a
+            // gap in the transaction ids that subscribers see.
+            if let Err(e) = self.locks.announce(&info) {
+                eprintln!("db-node: commit {} not announced: {e}", info.txn);
+            }
+        }
         drop(db);
         drop(turn);
         Ok(r?)

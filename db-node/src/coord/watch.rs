@@ -1,0 +1,89 @@
+//! Watching a database from any process: subscribe to the commit announcements of its group
+//! and report those that concern a path pattern.
+//!
+//! What is reported today is the announcement itself (transaction id, fence, changed paths),
+//! plus a `gap` whenever transaction ids jump, so a watcher knows it missed commits (e.g.
+//! while its post-office connection was down) and must read the current state again.
+//! Value-level events (`value`, `child_added`, …) need old and new values and are future work.
+
+use super::announce::{concerns, Announcement, COMMITS_SUBJECT};
+use super::files::namespace_for;
+use ipc_client::{Client, ClientError, ClientOptions, Event};
+use std::path::Path;
+use std::time::Duration;
+
+/// What a watcher reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watched {
+    /// A commit that changed paths overlapping the pattern (`changed` is filtered to those).
+    Commit(Announcement),
+    /// Commits `from..=to` were not seen.
+    Gap { from: u64, to: u64 },
+    /// The post-office connection was lost (watching resumes when it comes back).
+    Disconnected,
+}
+
+/// Where a watcher connects.
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    pub url: String,
+    pub token: Option<String>,
+    pub namespace: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Watch commits of the database in `dir` that concern `pattern` until `out` returns false or
+/// the client closes. `ready` is called once the subscription is in effect.
+pub async fn watch(
+    dir: &Path,
+    cfg: WatchConfig,
+    pattern: &str,
+    ready: impl FnOnce(),
+    mut out: impl FnMut(Watched) -> bool,
+) -> Result<(), ClientError> {
+    let ns = cfg.namespace.clone().unwrap_or_else(|| namespace_for(dir));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let id = format!("watch-{}-{nanos:x}", std::process::id());
+    let mut opts = ClientOptions::new(cfg.url, ns, id).request_timeout(cfg.timeout);
+    opts.token = cfg.token;
+    let (client, mut events) = Client::connect(opts).await?;
+    client.subscribe(COMMITS_SUBJECT).await?;
+    ready();
+    let mut last: Option<u64> = None;
+    while let Some(ev) = events.recv().await {
+        let keep = match ev {
+            Event::Published {
+                subject, payload, ..
+            } if subject == COMMITS_SUBJECT => {
+                let Ok(mut a) = Announcement::decode(&payload) else {
+                    continue;
+                };
+                let mut keep = true;
+                if let Some(l) = last {
+                    if a.txn > l + 1 {
+                        keep = out(Watched::Gap {
+                            from: l + 1,
+                            to: a.txn - 1,
+                        });
+                    }
+                }
+                last = Some(last.map_or(a.txn, |l| l.max(a.txn)));
+                a.changed.retain(|c| concerns(pattern, c));
+                if keep && !a.changed.is_empty() {
+                    keep = out(Watched::Commit(a));
+                }
+                keep
+            }
+            Event::Disconnected { .. } => out(Watched::Disconnected),
+            _ => true,
+        };
+        if !keep {
+            break;
+        }
+    }
+    client.close().await;
+    Ok(())
+}
