@@ -266,3 +266,92 @@ fn commits_are_announced_to_watchers_that_joined_before_or_after() {
         assert_eq!(c["changed"], serde_json::json!(["users/carol"]), "{c}");
     }
 }
+
+#[test]
+fn a_post_office_restart_under_load_loses_no_committed_write() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let mut server = Server::start();
+    let url = server.url.clone();
+    let dir = temp_db("restart");
+    let _m = master(&dir, &url);
+    let w = watcher(&dir, &url, "c");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    // two workers increment in a loop; a failed increment must not have happened
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (dir, url) = (dir.clone(), url.clone());
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (success, _, err) = run(
+                        &mut db_node(
+                            &dir,
+                            &url,
+                            &["--nosync", "--ipc-timeout-ms", "1000", "incr", "c"],
+                        ),
+                        T,
+                    );
+                    if success {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        assert!(err.contains("master unavailable"), "{err}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    server.restart();
+    let restarted = Instant::now();
+    // the master is back in the namespace and grants again within 2 s
+    loop {
+        let (success, _, _) = run(
+            &mut db_node(
+                &dir,
+                &url,
+                &["--nosync", "--ipc-timeout-ms", "300", "incr", "c"],
+            ),
+            T,
+        );
+        if success {
+            ok.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        failed.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            restarted.elapsed() < Duration::from_secs(2),
+            "no grant within 2 s of the restart"
+        );
+    }
+    eprintln!(
+        "a write went through {:?} after the restart",
+        restarted.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().expect("load thread");
+    }
+    let ok = ok.load(Ordering::Relaxed);
+    eprintln!(
+        "{ok} increments, {} failed cleanly",
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(get(&dir, &url, "c"), ok.to_string());
+    // the watcher came back and still receives commits
+    assert!(
+        w.stdout.wait_for("disconnected", T).is_some(),
+        "the watcher saw the restart"
+    );
+    set(&dir, &url, "c", "100");
+    assert!(
+        w.stdout
+            .wait_for("\"txn\"", Duration::from_secs(5))
+            .is_some(),
+        "the watcher receives commits after the restart"
+    );
+}

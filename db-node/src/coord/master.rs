@@ -178,9 +178,11 @@ impl Master {
                 self.members = members.into_iter().collect();
                 let members = self.members.clone();
                 self.reserve_for_promotion()?;
+                // (Re)connected: sessions not in the member list are over (after a post-office
+                // restart every session is new), so their locks go.
                 let ch = self
                     .table
-                    .release_owners(|o| members.get(&o.peer).is_some_and(|e| *e != o.epoch), now);
+                    .release_owners(|o| members.get(&o.peer) != Some(&o.epoch), now);
                 self.answer(ch).await;
             }
             Event::Joined { peer, epoch } => {

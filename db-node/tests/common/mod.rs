@@ -153,21 +153,53 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
-        let proc = Proc::spawn(
+        Self::start_on(0).expect("ipc-server printed its listening line")
+    }
+
+    fn start_on(port: u16) -> Option<Server> {
+        let port = port.to_string();
+        let mut proc = Proc::spawn(
             Command::new(ipc_server_bin())
-                .args(["--port", "0", "--host", "127.0.0.1"])
+                .args(["--port", &port, "--host", "127.0.0.1"])
                 .env("RUST_LOG", "warn"),
         );
-        let line = proc
+        let Some(line) = proc
             .stdout
             .wait_for("listening on", Duration::from_secs(20))
-            .expect("ipc-server printed its listening line");
+        else {
+            proc.kill();
+            return None;
+        };
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("ws://"))
             .expect("url in the listening line")
             .to_owned();
-        Server { proc, url }
+        Some(Server { proc, url })
+    }
+
+    /// SIGKILL the server and start it again on the same port (retrying while the port is
+    /// not free yet).
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let port: u16 = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in the url");
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = Self::start_on(port) {
+                *self = s;
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "could not restart ipc-server on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
