@@ -355,3 +355,38 @@ fn a_post_office_restart_under_load_loses_no_committed_write() {
         "the watcher receives commits after the restart"
     );
 }
+
+#[test]
+fn a_lock_request_queued_at_a_master_that_dies_fails_at_once() {
+    use db_node::coord::{IpcConfig, IpcLocks};
+    use db_node::{Error, LockProvider};
+    let server = Server::start();
+    let dir = temp_db("masterdies");
+    let mut m = master(&dir, &server.url);
+    let url = server.url.clone();
+    let cfg = move || {
+        let mut c = IpcConfig::new(url.clone());
+        c.timeout = Duration::from_secs(20);
+        c.lock_wait = Duration::from_secs(20);
+        c
+    };
+    let x = vec![db_node::path::parse("x").expect("path")];
+    let holder = IpcLocks::new(&dir, cfg()).expect("provider");
+    let grant = holder.acquire(&x, 0).expect("first lock");
+    assert!(grant.token > 0);
+    let waiter = std::thread::spawn(move || {
+        let other = IpcLocks::new(&dir, cfg()).expect("provider");
+        let started = Instant::now();
+        let r = other.acquire(&x, 0);
+        (r, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    m.kill();
+    let (r, took) = waiter.join().expect("waiter thread");
+    match r {
+        Err(Error::MasterUnavailable(msg)) => assert!(msg.contains("left"), "{msg}"),
+        other => panic!("expected MasterUnavailable, got {other:?}"),
+    }
+    // queued ~0.3 s, then the master's departure ended the wait (not the 40 s deadline)
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}

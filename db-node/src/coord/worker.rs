@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::lock::{Grant, LockProvider};
 use crate::path::Segment;
 use crate::{CommitInfo, Db, Durability, Options};
-use ipc_client::{Client, ClientOptions, RequestError};
+use ipc_client::{Client, ClientOptions, Event, RequestError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -75,6 +75,9 @@ pub struct IpcLocks {
     rt: tokio::runtime::Runtime,
     client: Mutex<Option<Client>>,
     held: Mutex<HashMap<u64, Held>>,
+    /// Counts the master's departures seen in the post office, so a request in flight fails
+    /// at once when the master dies instead of waiting for its deadline.
+    master_left: tokio::sync::watch::Sender<u64>,
 }
 
 impl IpcLocks {
@@ -98,6 +101,7 @@ impl IpcLocks {
             rt,
             client: Mutex::new(None),
             held: Mutex::new(HashMap::new()),
+            master_left: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -120,11 +124,16 @@ impl IpcLocks {
             .block_on(async { tokio::time::timeout(timeout, Client::connect(opts)).await })
             .map_err(|_| Error::MasterUnavailable("no answer from the post office".into()))?
             .map_err(|e| Error::MasterUnavailable(format!("cannot reach the post office: {e}")))?;
-        // Nobody sends us anything we need; drain the events so the server never sees us as
-        // a slow consumer.
+        // Read the events (so the server never sees us as a slow consumer) and watch for the
+        // master leaving.
+        let master_left = self.master_left.clone();
         self.rt.spawn(async move {
             let mut events = events;
-            while events.recv().await.is_some() {}
+            while let Some(ev) = events.recv().await {
+                if matches!(&ev, Event::Left { peer, .. } if peer == MASTER_PEER) {
+                    master_left.send_modify(|n| *n += 1);
+                }
+            }
         });
         *slot = Some(client.clone());
         Ok(client)
@@ -134,10 +143,21 @@ impl IpcLocks {
         let client = self.client()?;
         let deadline = self.cfg.timeout + wait;
         let payload = req.encode();
-        let reply = self
-            .rt
-            .block_on(client.request(MASTER_PEER, &payload, Some(deadline)))
-            .map_err(|e| match e {
+        let mut left = self.master_left.subscribe();
+        left.mark_unchanged();
+        let outcome = self.rt.block_on(async {
+            tokio::select! {
+                r = client.request(MASTER_PEER, &payload, Some(deadline)) => Some(r),
+                _ = left.changed() => None,
+            }
+        });
+        let reply = match outcome {
+            None => {
+                return Err(Error::MasterUnavailable(
+                    "the master left the namespace".into(),
+                ))
+            }
+            Some(r) => r.map_err(|e| match e {
                 RequestError::UnknownPeer(_) => {
                     Error::MasterUnavailable("no master has joined the namespace".into())
                 }
@@ -145,7 +165,8 @@ impl IpcLocks {
                     Error::MasterUnavailable(format!("no reply within {deadline:?}"))
                 }
                 e => Error::MasterUnavailable(e.to_string()),
-            })?;
+            })?,
+        };
         Reply::decode(&reply)
             .map_err(|e| Error::MasterUnavailable(format!("unreadable reply from the master: {e}")))
     }
