@@ -30,9 +30,14 @@ impl Conn {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let (r, w) = tcp.into_split();
-        let mut c = Conn { r: BufReader::with_capacity(128 * 1024, r), w: BufWriter::with_capacity(128 * 1024, w), line: Vec::new() };
+        let mut c = Conn {
+            r: BufReader::with_capacity(128 * 1024, r),
+            w: BufWriter::with_capacity(128 * 1024, w),
+            line: Vec::new(),
+        };
         c.read_line().await?; // INFO
-        c.w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n").await?;
+        c.w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+            .await?;
         c.sync().await?;
         Ok(c)
     }
@@ -67,12 +72,19 @@ impl Conn {
     }
 
     pub async fn subscribe(&mut self, subject: &str, sid: u32) -> anyhow::Result<()> {
-        self.w.write_all(format!("SUB {subject} {sid}\r\n").as_bytes()).await?;
+        self.w
+            .write_all(format!("SUB {subject} {sid}\r\n").as_bytes())
+            .await?;
         Ok(())
     }
 
     /// Queues a publication (written at the next flush or when the buffer fills).
-    pub async fn publish(&mut self, subject: &str, reply: Option<&str>, payload: &[u8]) -> anyhow::Result<()> {
+    pub async fn publish(
+        &mut self,
+        subject: &str,
+        reply: Option<&str>,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
         let head = match reply {
             Some(r) => format!("PUB {subject} {r} {}\r\n", payload.len()),
             None => format!("PUB {subject} {}\r\n", payload.len()),
@@ -94,7 +106,8 @@ impl Conn {
             if self.line.starts_with(b"MSG ") {
                 let n = payload_len(&self.line)?;
                 let fields: Vec<&[u8]> = self.line.split(|b| *b == b' ').collect();
-                let reply = (fields.len() == 5).then(|| String::from_utf8_lossy(fields[3]).into_owned());
+                let reply =
+                    (fields.len() == 5).then(|| String::from_utf8_lossy(fields[3]).into_owned());
                 let mut payload = vec![0u8; n + 2];
                 self.r.read_exact(&mut payload).await?;
                 payload.truncate(n);
@@ -117,7 +130,14 @@ fn payload_len(line: &[u8]) -> anyhow::Result<usize> {
 }
 
 /// N publishers → M subscribers on one subject; returns (deliveries/s, lost, out of order).
-pub async fn pubsub(addr: &str, name: &str, publishers: usize, subscribers: usize, size: usize, secs: Duration) -> anyhow::Result<(f64, u64, u64)> {
+pub async fn pubsub(
+    addr: &str,
+    name: &str,
+    publishers: usize,
+    subscribers: usize,
+    size: usize,
+    secs: Duration,
+) -> anyhow::Result<(f64, u64, u64)> {
     let subject = format!("bench.{name}");
     let mut counters = Vec::new();
     for _ in 0..subscribers {
@@ -128,7 +148,10 @@ pub async fn pubsub(addr: &str, name: &str, publishers: usize, subscribers: usiz
             let mut next = vec![0u64; publishers];
             let (mut received, mut out_of_order, mut markers) = (0u64, 0u64, 0);
             while markers < publishers {
-                let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(30), c.next_msg()).await else { break };
+                let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(30), c.next_msg()).await
+                else {
+                    break;
+                };
                 let seq = u64::from_le_bytes(m.payload[0..8].try_into().unwrap_or_default());
                 let p = m.payload[8] as usize % publishers;
                 if seq == MARKER {
@@ -185,7 +208,11 @@ pub async fn pubsub(addr: &str, name: &str, publishers: usize, subscribers: usiz
         end = end.max(e);
     }
     let expected = sent * subscribers as u64;
-    Ok((received as f64 / (end - start).as_secs_f64(), expected.saturating_sub(received), out_of_order))
+    Ok((
+        received as f64 / (end - start).as_secs_f64(),
+        expected.saturating_sub(received),
+        out_of_order,
+    ))
 }
 
 async fn responder(addr: &str) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -232,7 +259,12 @@ pub async fn reqrep_latency(addr: &str, secs: Duration) -> anyhow::Result<Vec<Du
 }
 
 /// Request/reply throughput with `requesters` connections × `outstanding` requests.
-pub async fn reqrep_throughput(addr: &str, requesters: usize, outstanding: usize, secs: Duration) -> anyhow::Result<f64> {
+pub async fn reqrep_throughput(
+    addr: &str,
+    requesters: usize,
+    outstanding: usize,
+    secs: Duration,
+) -> anyhow::Result<f64> {
     let responder = responder(addr).await?;
     let start = Instant::now();
     let mut tasks = Vec::new();

@@ -544,13 +544,17 @@ fn main() -> anyhow::Result<()> {
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let mut _nats_server = None;
     let nats = if args.nats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let child = std::process::Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start nats-server (apt-get install nats-server): {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start nats-server (apt-get install nats-server): {e}")
+            })?;
         _nats_server = Some(examples::ChildGuard(child));
         let addr = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -558,7 +562,9 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        report.note(&format!("nats-server at {addr}, same load right after each figure"));
+        report.note(&format!(
+            "nats-server at {addr}, same load right after each figure"
+        ));
         Some(addr)
     } else {
         None
@@ -578,10 +584,22 @@ fn main() -> anyhow::Result<()> {
                     pubsub(&target, &format!("{name}-{label}"), pubs, subs, size, secs).await?;
                 report.figure(&format!("{name}_{label}"), rate, unit);
                 if let Some(nats) = &nats {
-                    let (n_rate, n_lost, _) = examples::nats::pubsub(nats, &format!("{name}-{label}"), pubs, subs, size, secs).await?;
+                    let (n_rate, n_lost, _) = examples::nats::pubsub(
+                        nats,
+                        &format!("{name}-{label}"),
+                        pubs,
+                        subs,
+                        size,
+                        secs,
+                    )
+                    .await?;
                     report.figure(&format!("nats_{name}_{label}"), n_rate, unit);
                     if n_lost > 0 {
-                        report.figure(&format!("nats_{name}_{label}_lost"), n_lost as f64, "messages");
+                        report.figure(
+                            &format!("nats_{name}_{label}_lost"),
+                            n_lost as f64,
+                            "messages",
+                        );
                     }
                     report.figure(&format!("{name}_{label}_vs_nats"), rate / n_rate, "ratio");
                 }
@@ -614,7 +632,11 @@ fn main() -> anyhow::Result<()> {
             let samples = examples::nats::reqrep_latency(nats, secs).await?;
             let n_p50 = percentile(&samples, 50.0).as_secs_f64() * 1e6;
             report.figure("nats_reqrep_latency_p50", n_p50, "us");
-            report.figure("nats_reqrep_latency_p99", percentile(&samples, 99.0).as_secs_f64() * 1e6, "us");
+            report.figure(
+                "nats_reqrep_latency_p99",
+                percentile(&samples, 99.0).as_secs_f64() * 1e6,
+                "us",
+            );
             let n_rate = examples::nats::reqrep_throughput(nats, 4, 64, secs).await?;
             report.figure("nats_reqrep_4x64", n_rate, "req/s");
             report.figure("reqrep_4x64_vs_nats", rate / n_rate, "ratio");
