@@ -107,6 +107,7 @@ fn run_master(cli: &Cli, max_lease_ms: u64) -> anyhow::Result<i32> {
         dir: cli.db.clone(),
         url,
         token: cli.token.clone(),
+        tls_ca_pem: None,
         namespace: cli.namespace.clone(),
         max_lease: Duration::from_millis(max_lease_ms.max(1)),
     };
@@ -230,6 +231,7 @@ fn run_watch(cli: &Cli, pattern: &str) -> anyhow::Result<i32> {
     let cfg = coord::watch::WatchConfig {
         url,
         token: cli.token.clone(),
+        tls_ca_pem: None,
         namespace: cli.namespace.clone(),
         timeout: Duration::from_millis(cli.ipc_timeout_ms.max(1)),
     };

@@ -390,3 +390,56 @@ fn a_lock_request_queued_at_a_master_that_dies_fails_at_once() {
     // queued ~0.3 s, then the master's departure ended the wait (not the 40 s deadline)
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
+
+#[test]
+fn library_roles_auto_master_and_worker() {
+    use db_node::coord::{GroupDb, GroupError, GroupOptions, Role};
+    use db_node::{Durability, Error, Value};
+    let server = Server::start();
+    let dir = temp_db("roles");
+    let opts = |role: Role| {
+        let mut o = GroupOptions::new(server.url.clone());
+        o.role = role;
+        o.durability = Durability::NoSync;
+        o.timeout = Duration::from_millis(1500);
+        o
+    };
+    let a = GroupDb::open(&dir, opts(Role::Auto)).expect("first auto");
+    assert!(a.is_master());
+    let b = GroupDb::open(&dir, opts(Role::Auto)).expect("second auto");
+    assert!(!b.is_master());
+    match GroupDb::open(&dir, opts(Role::Master)) {
+        Err(GroupError::Master(e)) => assert!(e.to_string().contains("another master"), "{e}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a second master was accepted"),
+    }
+    // both write through the master, concurrently
+    std::thread::scope(|s| {
+        for db in [&a, &b] {
+            s.spawn(move || {
+                for _ in 0..100 {
+                    db.transaction("n", |v| match v {
+                        Value::Int(i) => Some(Value::Int(i + 1)),
+                        _ => Some(Value::Int(1)),
+                    })
+                    .expect("increment");
+                }
+            });
+        }
+    });
+    assert_eq!(b.get("n").expect("get"), Value::Int(200));
+    // the master goes away: writes fail typed and in time, reads go on
+    drop(a);
+    let t = Instant::now();
+    match b.set("x", 1) {
+        Err(Error::MasterUnavailable(_)) => {}
+        other => panic!("expected MasterUnavailable, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(b.get("n").expect("get"), Value::Int(200));
+    // a new master appears; the worker continues by itself
+    let c = GroupDb::open(&dir, opts(Role::Auto)).expect("new auto");
+    assert!(c.is_master());
+    b.set("x", 2).expect("set after the new master came");
+    assert_eq!(c.get("x").expect("get"), Value::Int(2));
+}

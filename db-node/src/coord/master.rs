@@ -35,6 +35,8 @@ pub struct MasterConfig {
     /// `ws://` or `wss://` URL of the post office.
     pub url: String,
     pub token: Option<String>,
+    /// Extra trusted CA certificates (PEM) for `wss://`.
+    pub tls_ca_pem: Option<Vec<u8>>,
     /// Namespace; by default the database directory's name.
     pub namespace: Option<String>,
     /// Longest lease granted, whatever a worker asks for.
@@ -98,6 +100,7 @@ pub async fn run_master(
         .unwrap_or_else(|| namespace_for(&cfg.dir));
     let mut opts = ClientOptions::new(cfg.url.clone(), ns.clone(), MASTER_PEER);
     opts.token = cfg.token.clone();
+    opts.tls_ca_pem = cfg.tls_ca_pem.clone();
     let (client, mut events) =
         connect_retrying(opts)
             .await

@@ -10,16 +10,19 @@
 //! * [`files`]: `master.lock`, the commit turn and the fencing reservation;
 //! * [`master`]: the master process loop;
 //! * [`worker`]: the lock provider that asks the master, and worker sessions;
-//! * [`announce`], [`watch`]: commit announcements and watching them.
+//! * [`announce`], [`watch`]: commit announcements and watching them;
+//! * [`group`]: [`GroupDb`], the library entry point with a role (master, worker, auto).
 
 pub mod announce;
 pub mod files;
+pub mod group;
 pub mod lock_table;
 pub mod master;
 pub mod watch;
 pub mod wire;
 pub mod worker;
 
+pub use group::{GroupDb, GroupError, GroupOptions, Role};
 pub use lock_table::{LockPath, LockTable, Mode, Owner};
 pub use master::{run_master, MasterConfig, MasterError};
 pub use worker::{IpcConfig, IpcLocks, WorkerSession};

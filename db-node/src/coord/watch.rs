@@ -28,6 +28,8 @@ pub enum Watched {
 pub struct WatchConfig {
     pub url: String,
     pub token: Option<String>,
+    /// Extra trusted CA certificates (PEM) for `wss://`.
+    pub tls_ca_pem: Option<Vec<u8>>,
     pub namespace: Option<String>,
     pub timeout: Duration,
 }
@@ -49,6 +51,7 @@ pub async fn watch(
     let id = format!("watch-{}-{nanos:x}", std::process::id());
     let mut opts = ClientOptions::new(cfg.url, ns, id).request_timeout(cfg.timeout);
     opts.token = cfg.token;
+    opts.tls_ca_pem = cfg.tls_ca_pem;
     let (client, mut events) = Client::connect(opts).await?;
     client.subscribe(COMMITS_SUBJECT).await?;
     ready();

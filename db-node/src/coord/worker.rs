@@ -28,6 +28,8 @@ pub struct IpcConfig {
     /// `ws://` or `wss://` URL of the post office.
     pub url: String,
     pub token: Option<String>,
+    /// Extra trusted CA certificates (PEM) for `wss://`.
+    pub tls_ca_pem: Option<Vec<u8>>,
     /// Namespace; by default the database directory's name.
     pub namespace: Option<String>,
     /// Deadline of each request to the master (and of connecting, and of the commit turn).
@@ -46,6 +48,7 @@ impl IpcConfig {
         IpcConfig {
             url: url.into(),
             token: None,
+            tls_ca_pem: None,
             namespace: None,
             timeout: Duration::from_secs(5),
             lock_wait: Duration::from_secs(10),
@@ -118,6 +121,7 @@ impl IpcLocks {
         let mut opts = ClientOptions::new(&self.cfg.url, &self.namespace, &self.peer_id)
             .request_timeout(self.cfg.timeout);
         opts.token = self.cfg.token.clone();
+        opts.tls_ca_pem = self.cfg.tls_ca_pem.clone();
         let timeout = self.cfg.timeout;
         let (client, events) = self
             .rt
