@@ -83,6 +83,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         times: u64,
     },
+    /// Write COUNT small values PREFIX/0 .. PREFIX/COUNT-1, each in its own transaction (with
+    /// `--ipc`, each with its own lock from the master): a load generator.
+    Fill {
+        prefix: String,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+    },
     /// Print the commits of the group (`--ipc`) that change paths overlapping PATTERN (`*`
     /// matches one segment) as JSON lines: `{"txn","fence","changed"}`, `{"gap":{"from","to"}}`
     /// when commits were missed, `{"disconnected":true}` when the post office went away.
@@ -224,6 +231,32 @@ fn run_incr(
     Ok(0)
 }
 
+fn run_fill(cli: &Cli, durability: Durability, prefix: &str, count: u64) -> anyhow::Result<i32> {
+    let path = |i: u64| format!("{prefix}/{i}");
+    match &cli.ipc {
+        Some(url) => {
+            let session = coord::WorkerSession::new(&cli.db, ipc_config(cli, url), durability)?;
+            for i in 0..count {
+                session.run(|db| db.set(&path(i), Value::Int(i as i64)))?;
+            }
+        }
+        None => {
+            let db = Db::open(
+                &cli.db,
+                Options {
+                    durability,
+                    ..Options::default()
+                },
+            )?;
+            for i in 0..count {
+                db.set(&path(i), Value::Int(i as i64))?;
+            }
+        }
+    }
+    println!("{count}");
+    Ok(0)
+}
+
 fn run_watch(cli: &Cli, pattern: &str) -> anyhow::Result<i32> {
     let Some(url) = cli.ipc.clone() else {
         bail!("watch needs --ipc URL (or DB_NODE_IPC)");
@@ -271,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Master { max_lease_ms } => return run_master(&cli, *max_lease_ms),
         Cmd::Incr { path, by, times } => return run_incr(&cli, durability, path, *by, *times),
         Cmd::Watch { pattern } => return run_watch(&cli, pattern),
+        Cmd::Fill { prefix, count } => return run_fill(&cli, durability, prefix, *count),
         _ => {}
     }
     let ipc = cli.ipc.as_ref().map(|url| ipc_config(&cli, url));
@@ -360,7 +394,7 @@ fn data(db: &Db, cmd: Cmd) -> anyhow::Result<i32> {
                 "file_bytes": s.file_bytes, "recovered": s.recovered, "redo_bytes": s.redo_bytes,
             }));
         }
-        Cmd::Master { .. } | Cmd::Incr { .. } | Cmd::Watch { .. } => {
+        Cmd::Master { .. } | Cmd::Incr { .. } | Cmd::Watch { .. } | Cmd::Fill { .. } => {
             bail!("handled before opening the database")
         }
     }
