@@ -193,9 +193,11 @@ async fn keepalive(peer: &Peer, heard: &AtomicU64, timeout: Duration) -> CloseRe
         if count != last_count || peer.waiting_on_others.load(Ordering::Relaxed) {
             last_count = count;
             last_change = Instant::now();
+            peer.silent_ms.store(0, Ordering::Relaxed);
             continue;
         }
         let silent = last_change.elapsed().as_millis() as u64;
+        peer.silent_ms.store(silent, Ordering::Relaxed);
         if silent >= timeout_ms {
             return CloseReason {
                 leave: LeaveReason::KeepaliveTimeout,

@@ -49,6 +49,8 @@ pub struct Peer {
     /// Set while routing one of this peer's frames waits for room in another peer's queue; the
     /// keepalive watchdog does not count that time as the peer's silence.
     pub waiting_on_others: std::sync::atomic::AtomicBool,
+    /// How long the peer has been silent, as last seen by its keepalive watchdog (ms).
+    pub silent_ms: AtomicU64,
 }
 
 /// A server frame encoded lazily, at most once per encoding, for fan-out.
@@ -264,11 +266,24 @@ impl Registry {
             .or_insert_with(|| Arc::new(Namespace::new(req.namespace)))
             .clone();
         let mut state = ns.state.write();
-        if let Some(existing) = state.peers.get(req.id) {
-            return Err(JoinError::Duplicate {
-                namespace: req.namespace.to_owned(),
-                id: req.id.to_owned(),
-                epoch: existing.epoch,
+        if let Some(existing) = state.peers.get(req.id).cloned() {
+            // A live peer answers the watchdog's pings within a round trip, so it is never
+            // silent for half the keepalive. One that is has lost its connection without a
+            // close (a half-open socket after a network cut): the newcomer replaces it now
+            // instead of waiting for the keepalive to expire.
+            let silent = existing.silent_ms.load(Ordering::Relaxed);
+            if silent < u64::from(req.keepalive_ms / 2) {
+                return Err(JoinError::Duplicate {
+                    namespace: req.namespace.to_owned(),
+                    id: req.id.to_owned(),
+                    epoch: existing.epoch,
+                });
+            }
+            Self::remove(&mut state, &existing, LeaveReason::KeepaliveTimeout);
+            existing.outbox.close(crate::outbox::CloseReason {
+                leave: LeaveReason::KeepaliveTimeout,
+                code: protocol::close_code::KEEPALIVE_TIMEOUT,
+                text: format!("replaced by a new connection after {silent} ms of silence"),
             });
         }
         let peer = Arc::new(Peer {
@@ -280,6 +295,7 @@ impl Registry {
             connected_at: SystemTime::now(),
             patterns: Mutex::new(Vec::new()),
             waiting_on_others: Default::default(),
+            silent_ms: AtomicU64::new(0),
         });
         let mut members: Vec<Member<'_>> = state
             .peers
@@ -322,6 +338,17 @@ impl Registry {
         if state.peers.get(&peer.id).map(|p| p.conn) != Some(peer.conn) {
             return;
         }
+        Self::remove(&mut state, peer, reason);
+        let empty = state.peers.is_empty();
+        drop(state);
+        ns.bump();
+        if empty {
+            namespaces.remove(&ns.name);
+        }
+    }
+
+    /// Takes `peer` out of the namespace state and tells the others it left.
+    fn remove(state: &mut NamespaceState, peer: &Peer, reason: LeaveReason) {
         state.peers.remove(&peer.id);
         for pattern in peer.patterns.lock().drain(..) {
             state.subjects.remove(&pattern, peer.conn);
@@ -335,12 +362,6 @@ impl Registry {
             if let Some(m) = left.get(other.encoding) {
                 other.outbox.push_control(m);
             }
-        }
-        let empty = state.peers.is_empty();
-        drop(state);
-        ns.bump();
-        if empty {
-            namespaces.remove(&ns.name);
         }
     }
 

@@ -474,7 +474,7 @@ pub(crate) async fn accept_peer<S>(
             // Refusing the newcomer (not closing the older connection) means two processes
             // that claim one id cannot kick each other out in a loop.
             shared.metrics.add(0, Counter::HandshakeDuplicatePeer, 1);
-            tracing::warn!(namespace = %join.namespace, peer = %join.id, dialect = join.encoding.name(), "refused a duplicate peer id");
+            tracing::info!(namespace = %join.namespace, peer = %join.id, dialect = join.encoding.name(), "refused a duplicate peer id");
             let body = error_body("duplicate_peer_id", &e.to_string(), None);
             let _ = respond(&mut stream, 409, "application/json", &[], &body).await;
             return;

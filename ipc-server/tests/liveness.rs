@@ -338,3 +338,65 @@ async fn a_client_that_only_sends_stays_connected_past_the_keepalive() {
     .await;
     assert!(sender.is_connected());
 }
+
+#[tokio::test]
+async fn a_half_open_connection_is_replaced_by_its_reconnecting_peer_before_the_keepalive() {
+    use ipc_client::{Client, ClientError, ClientOptions};
+    let server = ServerProc::start(&["--keepalive-ms", "2000"]);
+    let (_obs, mut events) = client(&server, "db", "observer").await;
+    let mut child = spawn_peer(&server, "phoenix", &mut events).await;
+    // While the first connection is alive, a second one with its id is refused.
+    let dup = Client::connect(ClientOptions::new(&server.url, "db", "phoenix")).await;
+    assert!(
+        matches!(dup, Err(ClientError::DuplicatePeer(_))),
+        "{:?}",
+        dup.err()
+    );
+    none_within(&mut events, Duration::from_millis(300), |e| {
+        matches!(e, Event::Left { .. })
+    })
+    .await;
+
+    // The process freezes: its socket stays open but it answers nothing (a half-open link).
+    unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    let newcomer = loop {
+        match Client::connect(ClientOptions::new(&server.url, "db", "phoenix")).await {
+            Ok((c, _events)) => break c,
+            Err(ClientError::DuplicatePeer(_)) if stopped.elapsed() < Duration::from_secs(3) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("reconnect failed: {e}"),
+        }
+    };
+    let took = stopped.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        took < Duration::from_millis(1800),
+        "admitted only after {took:?} (keepalive is 2 s)"
+    );
+    let e = wait_for(
+        &mut events,
+        SECOND,
+        |e| matches!(e, Event::Left { peer, .. } if peer == "phoenix"),
+    )
+    .await;
+    assert!(
+        matches!(
+            e,
+            Event::Left {
+                reason: LeaveReason::KeepaliveTimeout,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = wait_for(
+        &mut events,
+        SECOND,
+        |e| matches!(e, Event::Joined { peer, .. } if peer == "phoenix"),
+    )
+    .await;
+    assert!(matches!(e, Event::Joined { epoch, .. } if epoch == newcomer.epoch()));
+}
