@@ -208,6 +208,19 @@ impl Master {
                 self.answer(ch).await;
             }
             Event::Request(req) => self.on_request(req, now).await?,
+            // A release sent as a plain message (no reply): the worker does not wait for it.
+            Event::Message { from, payload } => {
+                if let Ok(Request::Release { id }) = Request::decode(&payload) {
+                    let owner = Owner {
+                        epoch: self.members.get(&from).copied().unwrap_or(0),
+                        peer: from,
+                    };
+                    self.reserve_for_promotion()?;
+                    let (_, ch) = self.table.release(id, &owner, now);
+                    self.pending.remove(&id);
+                    self.answer(ch).await;
+                }
+            }
             _ => {}
         }
         Ok(())

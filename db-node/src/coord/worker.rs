@@ -236,9 +236,16 @@ impl LockProvider for IpcLocks {
 
     fn release(&self, grant: &Grant) {
         let held = lock(&self.held).remove(&grant.token);
-        if let Some(h) = held {
-            // Best effort: if this fails, our leaving or the lease frees the lock.
-            let _ = self.ask(&Request::Release { id: h.id }, Duration::ZERO);
+        let Some(h) = held else { return };
+        // A plain message, not a request: nobody waits for it, so a write transaction costs
+        // one round trip to the master. It reaches the master before anything this worker
+        // sends later (per-sender FIFO). If it is lost, our leaving or the lease frees the lock.
+        if let Ok(client) = self.client() {
+            let payload = Request::Release { id: h.id }.encode();
+            let timeout = self.cfg.timeout;
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(timeout, client.send(MASTER_PEER, &payload)).await
+            });
         }
     }
 
