@@ -10,7 +10,7 @@ pub enum ClientError {
     #[error("invalid name: {0}")]
     InvalidName(#[from] protocol::NameError),
     #[error("cannot connect: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("the server refused the token (401)")]
@@ -31,6 +31,13 @@ pub enum ClientError {
     Disconnected,
     #[error("the client was closed")]
     Closed,
+}
+
+// Not `#[from]`: that would also make the I/O error the `source`, and chains would print it twice.
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
+    }
 }
 
 /// Why a request got no reply.
