@@ -322,10 +322,11 @@ fn pm2_gets_exactly_one_ready_line_on_a_cloexec_channel() {
 
 #[tokio::test]
 async fn a_client_that_only_sends_stays_connected_past_the_keepalive() {
-    let server = ServerProc::start(&["--keepalive-ms", "400"]);
+    // Well past several keepalive periods, with enough slack for a loaded CI machine.
+    let server = ServerProc::start(&["--keepalive-ms", "900"]);
     let (sender, mut events) = client(&server, "db", "sender").await;
     let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(1500) {
+    while started.elapsed() < Duration::from_millis(3000) {
         sender
             .publish("nobody.listens", b"x")
             .await
