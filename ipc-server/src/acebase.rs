@@ -12,10 +12,10 @@
 //! AceBase peers live in their own registry: they and native peers never see each other. The
 //! routing, flow control, keepalive and shutdown are the native ones.
 
-use crate::http::{error_body, read_body, respond, Request};
-use crate::metrics::Counter;
+use crate::http::{read_body, respond, Request};
 use crate::registry::{Encoding, JoinRequest};
 use crate::router::Session;
+use crate::server::refuse;
 use crate::Shared;
 use protocol::{ClientFrame, ServerFrame};
 use std::borrow::Cow;
@@ -118,29 +118,6 @@ fn token_ok(shared: &Shared, req: &Request) -> bool {
         // and never logged. A header works too, for other clients.
         Some(token) => token.matches(req.query("t").unwrap_or("").as_bytes()) || token.admits(req),
     }
-}
-
-async fn refuse<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    shared: &Shared,
-    status: u16,
-    code: &str,
-    message: &str,
-) {
-    let counter = if status == 403 {
-        Counter::HandshakeUnauthorized
-    } else {
-        Counter::HandshakeRejected
-    };
-    shared.metrics.add(0, counter, 1);
-    let _ = respond(
-        stream,
-        status,
-        "application/json",
-        &[],
-        &error_body(code, message, None),
-    )
-    .await;
 }
 
 /// Serves one AceBase-style request.

@@ -155,40 +155,9 @@ where
             )
             .await
         }
-        (_, "/health" | "/metrics") => {
-            let body = error_body("method_not_allowed", "use GET", None);
-            respond(
-                &mut stream,
-                405,
-                "application/json",
-                &[("Allow", "GET")],
-                &body,
-            )
-            .await
-        }
-        (_, path)
-            if protocol::parse_connect_path(path).is_none()
-                && crate::acebase::parse_path(path).is_some() =>
-        {
-            let Some((db, action)) = crate::acebase::parse_path(path) else {
-                return;
-            };
-            let db = db.to_owned();
-            return crate::acebase::handle(stream, req, db, action, shared, shutdown).await;
-        }
+        (_, "/health" | "/metrics") => method_not_allowed(&mut stream).await,
         (method, path) => match protocol::parse_connect_path(path) {
-            Some(cp) if method != "GET" => {
-                let _ = cp;
-                let body = error_body("method_not_allowed", "use GET", None);
-                respond(
-                    &mut stream,
-                    405,
-                    "application/json",
-                    &[("Allow", "GET")],
-                    &body,
-                )
-                .await
-            }
+            Some(_) if method != "GET" => method_not_allowed(&mut stream).await,
             Some(cp) if cp.rest == "peers" => {
                 peers(&mut stream, &shared, &req, cp.version, cp.namespace).await
             }
@@ -196,14 +165,14 @@ where
                 let (version, namespace) = (cp.version, cp.namespace.to_owned());
                 return connect(stream, req, version, namespace, shared, shutdown).await;
             }
-            _ => {
-                let body = error_body(
-                    "not_found",
-                    "no such endpoint; peers connect to /ipc/v1/<namespace>?id=<peer id>",
-                    None,
-                );
-                respond(&mut stream, 404, "application/json", &[], &body).await
-            }
+            Some(_) => not_found(&mut stream).await,
+            None => match crate::acebase::parse_path(path) {
+                Some((db, action)) => {
+                    let db = db.to_owned();
+                    return crate::acebase::handle(stream, req, db, action, shared, shutdown).await;
+                }
+                None => not_found(&mut stream).await,
+            },
         },
     };
     if let Err(e) = result {
@@ -259,16 +228,39 @@ async fn check_token<S: AsyncWrite + Unpin>(
     }
 }
 
-async fn refuse<S: AsyncWrite + Unpin>(
+/// Answers with an error status and a JSON body, counting it as a refused request.
+pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
     stream: &mut S,
     shared: &Shared,
     status: u16,
     code: &str,
     message: &str,
 ) {
-    shared.metrics.add(0, Counter::HandshakeRejected, 1);
+    let counter = match status {
+        401 | 403 => Counter::HandshakeUnauthorized,
+        _ => Counter::HandshakeRejected,
+    };
+    shared.metrics.add(0, counter, 1);
     let body = error_body(code, message, None);
     let _ = respond(stream, status, "application/json", &[], &body).await;
+}
+
+async fn not_found<S: AsyncWrite + Unpin>(stream: &mut S) -> std::io::Result<()> {
+    let message = "no such endpoint; peers connect to /ipc/v1/<namespace>?id=<peer id>";
+    respond(
+        stream,
+        404,
+        "application/json",
+        &[],
+        &error_body("not_found", message, None),
+    )
+    .await
+}
+
+/// 405 for a known path with the wrong method.
+async fn method_not_allowed<S: AsyncWrite + Unpin>(stream: &mut S) -> std::io::Result<()> {
+    let body = error_body("method_not_allowed", "use GET", None);
+    respond(stream, 405, "application/json", &[("Allow", "GET")], &body).await
 }
 
 async fn unsupported_version<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, version: u32) {
