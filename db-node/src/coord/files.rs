@@ -1,6 +1,6 @@
 //! The small files a coordinated group keeps next to the database, all guarded by fs2 locks
 //! that the kernel releases when the holder dies (so a SIGKILLed process never leaves a stale
-//! lock behind):
+//! lock behind). No caller ever waits on one without a deadline:
 //!
 //! | file | lock | purpose |
 //! |---|---|---|
@@ -13,7 +13,7 @@ use fs2::FileExt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const MASTER_LOCK: &str = "master.lock";
 pub const TURN_LOCK: &str = "turn.lock";
@@ -78,24 +78,35 @@ pub struct CommitTurn {
 }
 
 impl CommitTurn {
-    /// Wait (polling, never blocking in the kernel) at most `timeout` for the turn.
+    /// Wait at most `timeout` for the turn. An uncontended turn is taken at once; otherwise a
+    /// helper thread waits in the kernel (woken the moment the holder lets go, or dies) while
+    /// this thread waits for it with a deadline. If the deadline passes first, the helper
+    /// drops the lock as soon as it gets it, so nothing is left held.
     pub fn acquire(dir: &Path, timeout: Duration) -> Result<CommitTurn, FileLockError> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let file = open_rw(&dir.join(TURN_LOCK))?;
-        let start = Instant::now();
-        let mut pause = Duration::from_micros(200);
-        loop {
-            if file.try_lock_exclusive().is_ok() {
-                return Ok(CommitTurn { _file: file });
-            }
-            if start.elapsed() >= timeout {
-                return Err(FileLockError::TurnTimeout {
-                    dir: dir.to_path_buf(),
-                    waited: timeout,
-                });
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
+        let path = dir.join(TURN_LOCK);
+        let file = open_rw(&path)?;
+        if file.try_lock_exclusive().is_ok() {
+            return Ok(CommitTurn { _file: file });
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let waiter = std::thread::Builder::new()
+            .name("db-node-turn".into())
+            .spawn(move || {
+                let r = file.lock_exclusive().map(|()| file);
+                // if nobody waits any more, the file (and its lock) is dropped right here
+                let _ = tx.send(r);
+            });
+        if let Err(e) = waiter {
+            return Err(Error::io(&path, e).into());
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(file)) => Ok(CommitTurn { _file: file }),
+            Ok(Err(e)) => Err(Error::io(&path, e).into()),
+            Err(_) => Err(FileLockError::TurnTimeout {
+                dir: dir.to_path_buf(),
+                waited: timeout,
+            }),
         }
     }
 }
@@ -179,6 +190,7 @@ pub fn namespace_for(dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn tmp(name: &str) -> PathBuf {
         let d =
@@ -209,7 +221,22 @@ mod tests {
         ));
         assert!(t.elapsed() < Duration::from_secs(2));
         drop(a);
-        CommitTurn::acquire(&d, Duration::from_millis(10)).unwrap();
+        // the helper of the timed-out attempt must not keep the turn
+        CommitTurn::acquire(&d, Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn a_waiting_turn_is_handed_over_when_the_holder_lets_go() {
+        let d = tmp("handover");
+        let a = CommitTurn::acquire(&d, Duration::from_millis(10)).unwrap();
+        let t = Instant::now();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(a);
+        });
+        CommitTurn::acquire(&d, Duration::from_secs(5)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2));
+        releaser.join().unwrap();
     }
 
     #[test]

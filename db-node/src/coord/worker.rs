@@ -32,9 +32,10 @@ pub struct IpcConfig {
     pub tls_ca_pem: Option<Vec<u8>>,
     /// Namespace; by default the database directory's name.
     pub namespace: Option<String>,
-    /// Deadline of each request to the master (and of connecting, and of the commit turn).
+    /// Deadline of each request to the master (and of connecting).
     pub timeout: Duration,
-    /// How long the master may keep a lock request waiting for conflicting locks.
+    /// How long the master may keep a lock request waiting for conflicting locks, and how long
+    /// an operation waits for the commit turn.
     pub lock_wait: Duration,
     /// Lease asked for each lock.
     pub lease: Duration,
@@ -291,7 +292,8 @@ impl WorkerSession {
         durability: Durability,
     ) -> std::result::Result<WorkerSession, FileLockError> {
         let dir = dir.into();
-        let timeout = cfg.timeout;
+        // waiting for the turn is waiting for other writers, like waiting for a lock
+        let timeout = cfg.lock_wait;
         let locks = Arc::new(IpcLocks::new(&dir, cfg)?);
         Ok(WorkerSession {
             dir,
