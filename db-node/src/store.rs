@@ -156,6 +156,9 @@ impl ProcessLock {
                 },
             });
         }
+        // Name one live member for the error message of a later single-process open: one
+        // fixed-width write at offset 0, so concurrent members never interleave digits.
+        let _ = file.write_all_at(format!("{:<20}", std::process::id()).as_bytes(), 0);
         Ok(ProcessLock { _file: file })
     }
 

@@ -25,6 +25,9 @@ fn a_second_master_and_an_uncoordinated_open_are_refused() {
     );
     assert!(!ok);
     assert!(err.contains("run workers with an IPC role"), "{err}");
+    // and it names the live master, not a stale pid
+    let pid = _m.child.id().to_string();
+    assert!(err.contains(&pid), "{err}");
 }
 
 #[test]
