@@ -1,6 +1,7 @@
 //! Shared pieces of the benchmark binaries: printing figures (text or JSON lines), starting
 //! release builds of our binaries as child processes, and small statistics helpers.
 
+pub mod bare_relay;
 pub mod nats;
 
 use std::io::{BufRead, BufReader, Write};
