@@ -431,6 +431,23 @@ fn library_roles_auto_master_and_worker() {
         }
     });
     assert_eq!(b.get("n").expect("get"), Value::Int(200));
+    // a member watches what another one commits
+    let events = b.watch("users/*").expect("watch");
+    a.set("users/ann", 1).expect("set");
+    a.set("posts/1", 1).expect("set");
+    a.set("users/bo", 2).expect("set");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match events
+            .recv_timeout(Duration::from_secs(5))
+            .expect("an event")
+        {
+            db_node::coord::watch::Watched::Commit(c) => seen.extend(c.changed),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, vec!["users/ann".to_string(), "users/bo".to_string()]);
+    drop(events);
     // the master goes away: writes fail typed and in time, reads go on
     drop(a);
     let t = Instant::now();

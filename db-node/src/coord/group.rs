@@ -18,6 +18,7 @@
 
 use super::files::{FileLockError, MasterLock};
 use super::master::{run_master, MasterConfig, MasterError};
+use super::watch::{watch, WatchConfig, Watched};
 use super::worker::{IpcConfig, WorkerSession};
 use crate::error::{Error, Result};
 use crate::{Child, CommitInfo, Db, Durability, Value};
@@ -100,6 +101,8 @@ pub struct GroupDb {
     // drop order: stop using the files before the master goes away
     session: WorkerSession,
     master: Option<LocalMaster>,
+    watch_cfg: WatchConfig,
+    dir: PathBuf,
 }
 
 impl GroupDb {
@@ -123,7 +126,65 @@ impl GroupDb {
         cfg.namespace = o.namespace.clone();
         cfg.timeout = o.timeout;
         let session = WorkerSession::new(&dir, cfg, o.durability)?;
-        Ok(GroupDb { session, master })
+        let watch_cfg = WatchConfig {
+            url: o.url.clone(),
+            token: o.token.clone(),
+            tls_ca_pem: o.tls_ca_pem.clone(),
+            namespace: o.namespace.clone(),
+            timeout: o.timeout,
+        };
+        Ok(GroupDb {
+            session,
+            master,
+            watch_cfg,
+            dir,
+        })
+    }
+
+    /// Commits of any process of the group that change paths overlapping `pattern` (`*` for
+    /// one segment), with gaps and disconnections, in commit order (see [`super::watch`]).
+    /// Returns once the subscription is in effect; watching stops when the receiver is
+    /// dropped (noticed at the next announcement).
+    pub fn watch(&self, pattern: &str) -> Result<mpsc::Receiver<Watched>> {
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
+        let (dir, cfg, pattern) = (self.dir.clone(), self.watch_cfg.clone(), pattern.to_owned());
+        let timeout = cfg.timeout;
+        std::thread::Builder::new()
+            .name("db-node-watch".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let ready = ready_tx.clone();
+                let r = rt.block_on(watch(
+                    &dir,
+                    cfg,
+                    &pattern,
+                    move || {
+                        let _ = ready.send(Ok(()));
+                    },
+                    |w| tx.send(w).is_ok(),
+                ));
+                if let Err(e) = r {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                }
+            })
+            .map_err(|e| Error::MasterUnavailable(format!("cannot start a watch thread: {e}")))?;
+        match ready_rx.recv_timeout(timeout + Duration::from_secs(1)) {
+            Ok(Ok(())) => Ok(rx),
+            Ok(Err(e)) => Err(Error::MasterUnavailable(format!("cannot watch: {e}"))),
+            Err(_) => Err(Error::MasterUnavailable(
+                "cannot watch: no subscription in time".into(),
+            )),
+        }
     }
 
     /// Whether this process serves as the group's master.
