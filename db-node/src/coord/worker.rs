@@ -257,9 +257,9 @@ impl LockProvider for IpcLocks {
         }
         match lock(&self.held).get(&grant.token) {
             Some(h) if h.expires > Instant::now() => Ok(()),
-            Some(_) => Err(Error::Fenced(format!(
+            Some(h) => Err(Error::Fenced(format!(
                 "the lease of lock {} (token {}) ran out",
-                grant.token, grant.token
+                h.id, grant.token
             ))),
             None => Err(Error::Fenced(format!("token {} is not held", grant.token))),
         }
