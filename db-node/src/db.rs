@@ -218,7 +218,10 @@ impl Db {
         };
         if !redo.is_empty() {
             // the last commits were logged, not checkpointed: replay them and checkpoint
-            db.write_paths(&[""], |t| t.replay(&redo))?;
+            // Damage can surface here as any error (a record of the wrong type, a bad key):
+            // report it against the file, as every other open error is.
+            db.write_paths(&[""], |t| t.replay(&redo))
+                .map_err(|e| e.in_file(&db.data_path, "replaying the redo log"))?;
         }
         Ok(db)
     }

@@ -45,6 +45,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// This error, or — when it names no file — a `Corrupt` error about `path` that says what
+    /// was being done, so that damage found while opening always names the file.
+    pub(crate) fn in_file(self, path: &std::path::Path, doing: &str) -> Self {
+        match self {
+            Error::Io { .. }
+            | Error::NotADatabase { .. }
+            | Error::NewerVersion { .. }
+            | Error::Truncated { .. }
+            | Error::Corrupt { .. }
+            | Error::Locked { .. } => self,
+            other => Error::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("{doing}: {other}"),
+            },
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
