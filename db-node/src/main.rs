@@ -199,6 +199,40 @@ fn increment(db: &Db, path: &str, by: i64) -> db_node::Result<i64> {
     Ok(last)
 }
 
+/// Where a data command runs: the database opened by this process alone, or one operation
+/// at a time as a worker of a coordinated group (`--ipc`).
+enum Target {
+    Local(Box<Db>),
+    Group(coord::WorkerSession),
+}
+
+impl Target {
+    fn open(
+        dir: &std::path::Path,
+        ipc: Option<IpcConfig>,
+        durability: Durability,
+    ) -> anyhow::Result<Target> {
+        Ok(match ipc {
+            None => Target::Local(Box::new(Db::open(
+                dir,
+                Options {
+                    durability,
+                    ..Options::default()
+                },
+            )?)),
+            Some(cfg) => Target::Group(coord::WorkerSession::new(dir, cfg, durability)?),
+        })
+    }
+
+    /// Runs one operation (as a worker: under the commit turn, with the master's locks).
+    fn run<R>(&self, f: impl FnOnce(&Db) -> db_node::Result<R>) -> anyhow::Result<R> {
+        Ok(match self {
+            Target::Local(db) => f(db)?,
+            Target::Group(session) => session.run(f)?,
+        })
+    }
+}
+
 fn run_incr(
     cli: &Cli,
     durability: Durability,
@@ -206,52 +240,27 @@ fn run_incr(
     by: i64,
     times: u64,
 ) -> anyhow::Result<i32> {
+    let target = Target::open(
+        &cli.db,
+        cli.ipc.as_ref().map(|url| ipc_config(cli, url)),
+        durability,
+    )?;
     let mut last = 0;
-    match &cli.ipc {
-        Some(url) => {
-            let session = coord::WorkerSession::new(&cli.db, ipc_config(cli, url), durability)?;
-            for _ in 0..times {
-                last = session.run(|db| increment(db, path, by))?;
-            }
-        }
-        None => {
-            let db = Db::open(
-                &cli.db,
-                Options {
-                    durability,
-                    ..Options::default()
-                },
-            )?;
-            for _ in 0..times {
-                last = increment(&db, path, by)?;
-            }
-        }
+    for _ in 0..times {
+        last = target.run(|db| increment(db, path, by))?;
     }
     println!("{last}");
     Ok(0)
 }
 
 fn run_fill(cli: &Cli, durability: Durability, prefix: &str, count: u64) -> anyhow::Result<i32> {
-    let path = |i: u64| format!("{prefix}/{i}");
-    match &cli.ipc {
-        Some(url) => {
-            let session = coord::WorkerSession::new(&cli.db, ipc_config(cli, url), durability)?;
-            for i in 0..count {
-                session.run(|db| db.set(&path(i), Value::Int(i as i64)))?;
-            }
-        }
-        None => {
-            let db = Db::open(
-                &cli.db,
-                Options {
-                    durability,
-                    ..Options::default()
-                },
-            )?;
-            for i in 0..count {
-                db.set(&path(i), Value::Int(i as i64))?;
-            }
-        }
+    let target = Target::open(
+        &cli.db,
+        cli.ipc.as_ref().map(|url| ipc_config(cli, url)),
+        durability,
+    )?;
+    for i in 0..count {
+        target.run(|db| db.set(&format!("{prefix}/{i}"), Value::Int(i as i64)))?;
     }
     println!("{count}");
     Ok(0)
@@ -308,23 +317,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         _ => {}
     }
     let ipc = cli.ipc.as_ref().map(|url| ipc_config(&cli, url));
+    // Read stdin before opening: no lock is held while waiting for input.
     let cmd = read_stdin_input(cli.cmd)?;
-    match ipc {
-        None => {
-            let db = Db::open(
-                &cli.db,
-                Options {
-                    durability,
-                    ..Options::default()
-                },
-            )?;
-            data(&db, cmd)
-        }
-        Some(cfg) => {
-            let session = coord::WorkerSession::new(&cli.db, cfg, durability)?;
-            session.run(|db| Ok(data(db, cmd)))?
-        }
-    }
+    Target::open(&cli.db, ipc, durability)?.run(|db| Ok(data(db, cmd)))?
 }
 
 /// Read the JSON input of `set`/`update` from stdin now, before any lock is held.

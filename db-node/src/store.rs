@@ -131,29 +131,50 @@ pub struct ProcessLock {
     _file: File,
 }
 
+/// Opens (creating) a lock file for reading and writing, without truncating it.
+pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+/// The pid recorded in a lock file someone else holds, or `?`.
+pub(crate) fn lock_holder(file: &mut File) -> String {
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    match pid.trim() {
+        "" => "?".into(),
+        p => p.to_string(),
+    }
+}
+
+/// Replaces a held lock file's content with this process's pid.
+pub(crate) fn record_holder(file: &mut File, path: &Path) -> Result<()> {
+    let write = |f: &mut File| -> std::io::Result<()> {
+        f.set_len(0)?;
+        f.seek(SeekFrom::Start(0))?;
+        write!(f, "{}", std::process::id())?;
+        f.flush()
+    };
+    write(file).map_err(|e| Error::io(path, e))
+}
+
 impl ProcessLock {
     /// Take the lock; `shared` for a member of a coordinated group.
     pub fn acquire_mode(dir: &Path, shared: bool) -> Result<ProcessLock> {
         if !shared {
             return Self::acquire(dir);
         }
-        let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let mut file = open_lock_file(&dir.join(LOCK_FILE))?;
         if FileExt::try_lock_shared(&file).is_err() {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
+            let pid = lock_holder(&mut file);
             return Err(Error::Locked {
                 path: dir.to_path_buf(),
-                pid: match pid.trim() {
-                    "" => "?".into(),
-                    p => p.to_string(),
-                },
+                pid,
             });
         }
         // Name one live member for the error message of a later single-process open: one
@@ -165,33 +186,15 @@ impl ProcessLock {
     /// Take the lock exclusively (single-process open).
     pub fn acquire(dir: &Path) -> Result<ProcessLock> {
         let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let mut file = open_lock_file(&path)?;
         if file.try_lock_exclusive().is_err() {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
+            let pid = lock_holder(&mut file);
             return Err(Error::Locked {
                 path: dir.to_path_buf(),
-                pid: if pid.is_empty() {
-                    "?".into()
-                } else {
-                    pid.to_string()
-                },
+                pid,
             });
         }
-        let write = |f: &mut File| -> std::io::Result<()> {
-            f.set_len(0)?;
-            f.seek(SeekFrom::Start(0))?;
-            write!(f, "{}", std::process::id())?;
-            f.flush()
-        };
-        write(&mut file).map_err(|e| Error::io(&path, e))?;
+        record_holder(&mut file, &path)?;
         Ok(ProcessLock { _file: file })
     }
 }

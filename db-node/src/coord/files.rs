@@ -9,9 +9,10 @@
 //! | `master.fence` | (written under `master.lock`) | fencing tokens reserved by masters, so tokens grow across restarts |
 
 use crate::error::{Error, Result};
+use crate::store::{lock_holder, open_lock_file, record_holder};
 use fs2::FileExt;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,16 +31,6 @@ pub enum FileLockError {
     Db(#[from] Error),
 }
 
-fn open_rw(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| Error::io(path, e))
-}
-
 /// Proof that this process is the only master of a directory.
 pub struct MasterLock {
     _file: File,
@@ -49,25 +40,15 @@ impl MasterLock {
     /// Take `master.lock` or report who holds it. Never waits.
     pub fn acquire(dir: &Path) -> Result<MasterLock, FileLockError> {
         let path = dir.join(MASTER_LOCK);
-        let mut file = open_rw(&path)?;
+        let mut file = open_lock_file(&path)?;
         if file.try_lock_exclusive().is_err() {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
+            let pid = lock_holder(&mut file);
             return Err(FileLockError::MasterRunning {
                 dir: dir.to_path_buf(),
-                pid: match pid.trim() {
-                    "" => "?".into(),
-                    p => p.into(),
-                },
+                pid,
             });
         }
-        let write = |f: &mut File| -> std::io::Result<()> {
-            f.set_len(0)?;
-            f.seek(SeekFrom::Start(0))?;
-            write!(f, "{}", std::process::id())?;
-            f.flush()
-        };
-        write(&mut file).map_err(|e| Error::io(&path, e))?;
+        record_holder(&mut file, &path)?;
         Ok(MasterLock { _file: file })
     }
 }
@@ -85,7 +66,7 @@ impl CommitTurn {
     pub fn acquire(dir: &Path, timeout: Duration) -> Result<CommitTurn, FileLockError> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(TURN_LOCK);
-        let file = open_rw(&path)?;
+        let file = open_lock_file(&path)?;
         if file.try_lock_exclusive().is_ok() {
             return Ok(CommitTurn { _file: file });
         }
