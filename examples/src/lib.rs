@@ -7,7 +7,7 @@ pub mod nats;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Prints figures as aligned text, or as one JSON object per line with `--json`.
 pub struct Report {
@@ -136,4 +136,68 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Publications each load generator queues per flush (one write syscall carries them all).
+pub const FLUSH_EVERY: usize = 128;
+
+/// The sequence number that ends a publisher's stream.
+pub const MARKER: u64 = u64::MAX;
+
+/// Per-publisher order checking, shared by the load generators: payload bytes 0..8 carry the
+/// sequence number (little-endian, [`MARKER`] at the end), byte 8 the publisher's index.
+pub struct SeqCheck {
+    next: Vec<u64>,
+    markers: usize,
+    pub received: u64,
+    pub out_of_order: u64,
+}
+
+impl SeqCheck {
+    pub fn new(publishers: usize) -> Self {
+        SeqCheck {
+            next: vec![0; publishers.max(1)],
+            markers: 0,
+            received: 0,
+            out_of_order: 0,
+        }
+    }
+
+    /// Whether every publisher's end marker arrived.
+    pub fn done(&self) -> bool {
+        self.markers >= self.next.len()
+    }
+
+    /// Accounts for one received payload.
+    pub fn observe(&mut self, payload: &[u8]) {
+        let (Some(seq), Some(index)) = (payload.get(0..8), payload.get(8)) else {
+            return;
+        };
+        let seq = u64::from_le_bytes(seq.try_into().unwrap_or_default());
+        if seq == MARKER {
+            self.markers += 1;
+            return;
+        }
+        let slot = *index as usize % self.next.len();
+        let next = &mut self.next[slot];
+        if seq != *next {
+            self.out_of_order += 1;
+        }
+        *next = seq + 1;
+        self.received += 1;
+    }
+}
+
+/// (deliveries/s, lost, out of order) of a pub/sub run that started at `start`, from what the
+/// publishers sent and what each subscriber saw (with the time it saw its last marker).
+pub fn tally(start: Instant, sent: u64, seen: &[(SeqCheck, Instant)]) -> (f64, u64, u64) {
+    let received: u64 = seen.iter().map(|(s, _)| s.received).sum();
+    let out_of_order = seen.iter().map(|(s, _)| s.out_of_order).sum();
+    let end = seen.iter().map(|(_, t)| *t).max().unwrap_or(start);
+    let expected = sent * seen.len() as u64;
+    (
+        received as f64 / (end - start).as_secs_f64(),
+        expected.saturating_sub(received),
+        out_of_order,
+    )
 }

@@ -8,9 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWrit
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-/// Publications per flush, as in the websocket load generator.
-pub const FLUSH_EVERY: usize = 128;
-const MARKER: u64 = u64::MAX;
+use crate::{tally, SeqCheck, FLUSH_EVERY, MARKER};
 
 /// One NATS connection.
 pub struct Conn {
@@ -145,26 +143,15 @@ pub async fn pubsub(
         c.subscribe(&subject, 1).await?;
         c.sync().await?;
         counters.push(tokio::spawn(async move {
-            let mut next = vec![0u64; publishers];
-            let (mut received, mut out_of_order, mut markers) = (0u64, 0u64, 0);
-            while markers < publishers {
+            let mut check = SeqCheck::new(publishers);
+            while !check.done() {
                 let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(30), c.next_msg()).await
                 else {
                     break;
                 };
-                let seq = u64::from_le_bytes(m.payload[0..8].try_into().unwrap_or_default());
-                let p = m.payload[8] as usize % publishers;
-                if seq == MARKER {
-                    markers += 1;
-                    continue;
-                }
-                if seq != next[p] {
-                    out_of_order += 1;
-                }
-                next[p] = seq + 1;
-                received += 1;
+                check.observe(&m.payload);
             }
-            (received, out_of_order, Instant::now())
+            (check, Instant::now())
         }));
     }
     let mut pubs = Vec::new();
@@ -200,19 +187,11 @@ pub async fn pubsub(
     for s in senders {
         sent += s.await??;
     }
-    let (mut received, mut out_of_order, mut end) = (0, 0, start);
+    let mut seen = Vec::new();
     for c in counters {
-        let (r, o, e) = c.await?;
-        received += r;
-        out_of_order += o;
-        end = end.max(e);
+        seen.push(c.await?);
     }
-    let expected = sent * subscribers as u64;
-    Ok((
-        received as f64 / (end - start).as_secs_f64(),
-        expected.saturating_sub(received),
-        out_of_order,
-    ))
+    Ok(tally(start, sent, &seen))
 }
 
 async fn responder(addr: &str) -> anyhow::Result<tokio::task::JoinHandle<()>> {

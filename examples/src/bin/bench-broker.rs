@@ -12,7 +12,9 @@
 
 use bytes::Bytes;
 use clap::Parser;
-use examples::{build_binary, percentile, spawn_and_wait_line, Report};
+use examples::{
+    build_binary, percentile, spawn_and_wait_line, tally, Report, SeqCheck, FLUSH_EVERY, MARKER,
+};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use protocol::{ClientFrame, ServerFrame, Target};
 use std::borrow::Cow;
@@ -110,48 +112,25 @@ async fn sync(ws: &mut Ws) -> anyhow::Result<()> {
     anyhow::bail!("closed while waiting for pong")
 }
 
-const MARKER: u64 = u64::MAX;
-
-/// Publishers queue this many frames per flush (one write syscall carries them all).
-const FLUSH_EVERY: usize = 128;
-
-/// What one subscriber saw.
-#[derive(Default)]
-struct Seen {
-    received: u64,
-    out_of_order: u64,
-    end: Option<Instant>,
-}
-
-/// Counts publications until `publishers` end markers arrived, checking per-publisher order.
-async fn subscribe_and_count(mut ws: Ws, publishers: usize, timeout: Duration) -> Seen {
-    let mut next = vec![0u64; publishers];
-    let mut markers = 0;
-    let mut seen = Seen::default();
+/// Counts publications until every publisher's end marker arrived, checking their order.
+async fn subscribe_and_count(
+    mut ws: Ws,
+    publishers: usize,
+    timeout: Duration,
+) -> (SeqCheck, Instant) {
+    let mut check = SeqCheck::new(publishers);
     let deadline = tokio::time::Instant::now() + timeout;
-    while markers < publishers {
+    while !check.done() {
         let m = match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(Some(Ok(m))) => m,
             _ => break,
         };
         let Message::Binary(b) = m else { continue };
-        let Ok(ServerFrame::Published { payload, .. }) = protocol::decode_server(&b) else {
-            continue;
-        };
-        let seq = u64::from_le_bytes(payload[0..8].try_into().unwrap_or_default());
-        let publisher = payload[8] as usize % publishers;
-        if seq == MARKER {
-            markers += 1;
-            continue;
+        if let Ok(ServerFrame::Published { payload, .. }) = protocol::decode_server(&b) {
+            check.observe(&payload);
         }
-        if seq != next[publisher] {
-            seen.out_of_order += 1;
-        }
-        next[publisher] = seq + 1;
-        seen.received += 1;
     }
-    seen.end = Some(Instant::now());
-    seen
+    (check, Instant::now())
 }
 
 /// Publishes as fast as flow control allows for `secs`, then sends an end marker; returns the
@@ -229,19 +208,11 @@ async fn pubsub(
     for s in senders {
         sent += s.await?;
     }
-    let (mut received, mut out_of_order, mut end) = (0, 0, start);
+    let mut seen = Vec::new();
     for c in counters {
-        let seen = c.await?;
-        received += seen.received;
-        out_of_order += seen.out_of_order;
-        end = end.max(seen.end.unwrap_or(start));
+        seen.push(c.await?);
     }
-    let expected = sent * subscribers as u64;
-    Ok((
-        received as f64 / (end - start).as_secs_f64(),
-        expected.saturating_sub(received),
-        out_of_order,
-    ))
+    Ok(tally(start, sent, &seen))
 }
 
 /// Answers every request with its own payload, flushing only when nothing more is ready.
