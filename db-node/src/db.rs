@@ -12,11 +12,14 @@ use crate::page::{self, PageId, KIND_BRANCH, KIND_LEAF};
 use crate::path::{self, Segment};
 use crate::store::{DataFile, Map, ProcessLock, RedoFile, DATA_FILE, REDO_FILE};
 use crate::tree::{self, Child};
+use crate::turn::{SharedTurn, Turn};
 use crate::txn::WriteTxn;
 use crate::value::{Kind, Value};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// When a commit is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,9 +38,13 @@ pub struct Options {
     /// Who grants write rights; [`LocalLocks`] when None.
     pub locks: Option<Arc<dyn LockProvider>>,
     /// Open as a member of a coordinated group (master or worker): the directory lock is
-    /// taken shared instead of exclusive. Only `coord` sets this, together with a commit turn
-    /// and a lock provider that asks the master; see `docs/coordination.md`.
+    /// taken shared instead of exclusive, every commit step runs under the group's commit
+    /// turn on the newest state of the files, and snapshots hold the turn shared (see
+    /// [`crate::turn`]). Only `coord` sets this, together with a lock provider that asks the
+    /// master; see `docs/coordination.md`.
     pub coordinated: bool,
+    /// Longest wait for the commit turn of a coordinated group (default 10 s).
+    pub turn_wait: Option<Duration>,
 }
 
 /// What one commit changed: announced to subscribers (and, later, to other processes).
@@ -82,6 +89,9 @@ struct Shared {
 }
 
 pub(crate) struct Writer {
+    /// Member of a coordinated group: other processes commit too, so every commit is a
+    /// checkpoint (their state must be readable from the data file's meta pages alone).
+    pub group: bool,
     pub file: DataFile,
     /// The on-file allocation table of the current state.
     pub table: AllocTable,
@@ -106,7 +116,16 @@ pub struct Db {
     locks: Arc<dyn LockProvider>,
     subscribers: Mutex<Vec<Sender<CommitInfo>>>,
     checkpoint_on_close: std::sync::atomic::AtomicBool,
+    /// Coordinated group only: the commit turn and a handle to remap the file for readers.
+    group: Option<Group>,
+    /// Highest fencing token seen in the file (the floor of the next lock request).
+    fence_seen: AtomicU64,
     _lock: ProcessLock,
+}
+
+struct Group {
+    turn: Arc<Turn>,
+    data: std::fs::File,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -153,6 +172,18 @@ impl Db {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let plock = ProcessLock::acquire_mode(&dir, options.coordinated)?;
+        let turn = match options.coordinated {
+            true => {
+                let wait = options.turn_wait.unwrap_or(Duration::from_secs(10));
+                Some(Arc::new(Turn::open(&dir, wait)?))
+            }
+            false => None,
+        };
+        // a group member opens (and maybe recovers) the files in its commit turn
+        let held = match &turn {
+            Some(t) => Some(t.exclusive()?),
+            None => None,
+        };
         let data_path = dir.join(DATA_FILE);
         if !data_path.exists() || std::fs::metadata(&data_path).map(|m| m.len()).unwrap_or(0) == 0 {
             // a new database: any redo file left from an old one must not be replayed
@@ -191,7 +222,16 @@ impl Db {
             ..Default::default()
         };
         let redo = std::mem::take(&mut meta.log);
+        let group = match &turn {
+            Some(t) => Some(Group {
+                turn: t.clone(),
+                data: file.handle()?,
+            }),
+            None => None,
+        };
+        let fence_seen = AtomicU64::new(meta.fence);
         let writer = Writer {
+            group: options.coordinated,
             file,
             table,
             space,
@@ -214,15 +254,32 @@ impl Db {
                 .unwrap_or_else(|| Arc::new(LocalLocks::default())),
             subscribers: Mutex::new(Vec::new()),
             checkpoint_on_close: true.into(),
+            group,
+            fence_seen,
             _lock: plock,
         };
         if !redo.is_empty() {
             // the last commits were logged, not checkpointed: replay them and checkpoint
             // Damage can surface here as any error (a record of the wrong type, a bad key):
             // report it against the file, as every other open error is.
-            db.write_paths(&[""], |t| t.replay(&redo))
-                .map_err(|e| e.in_file(&db.data_path, "replaying the redo log"))?;
+            let replay = |t: &mut WriteTxn<'_>| t.replay(&redo);
+            let r = match held {
+                // in the turn already: the replay restores committed state, no new write
+                // right is needed from anybody
+                Some(_) => {
+                    let mut w = lock(&db.writer);
+                    let fence = w.meta.fence;
+                    let grant = Grant {
+                        paths: vec![Vec::new()],
+                        token: fence,
+                    };
+                    db.commit_step(&mut w, &grant, replay).map(|_| ())
+                }
+                None => db.write_paths(&[""], replay).map(|_| ()),
+            };
+            r.map_err(|e| e.in_file(&db.data_path, "replaying the redo log"))?;
         }
+        drop(held);
         Ok(db)
     }
 
@@ -249,32 +306,66 @@ impl Db {
         &self.dir
     }
 
-    /// A consistent read view of the latest commit; never blocks on (or blocks) the writer.
-    pub fn snapshot(&self) -> Snapshot<'_> {
+    /// A consistent read view of the latest commit. In a single process it never blocks on
+    /// (or blocks) the writer. In a coordinated group it shows the newest commit of any
+    /// process and holds the commit turn shared until it is dropped: keep it short, commits
+    /// of every process wait for it (see [`crate::turn`]).
+    pub fn snapshot(&self) -> Result<Snapshot<'_>> {
+        let turn = match &self.group {
+            Some(g) => Some(g.turn.shared()?),
+            None => None,
+        };
         let mut s = lock(&self.shared);
+        if let Some(g) = &self.group {
+            self.refresh_head(&mut s, g)?;
+        }
         let head = s.head;
         match s.readers.iter_mut().find(|r| r.0 == head.txn) {
             Some(r) => r.1 += 1,
             None => s.readers.push((head.txn, 1)),
         }
-        Snapshot {
+        Ok(Snapshot {
             db: self,
             map: s.map.clone(),
             head,
+            _turn: turn,
+        })
+    }
+
+    /// Readers of a group: adopt the newest commit in the data file (any process's).
+    fn refresh_head(&self, s: &mut Shared, g: &Group) -> Result<()> {
+        let Some((_, m)) = newest_checkpoint(&s.map) else {
+            return Err(Error::Corrupt {
+                path: self.data_path.clone(),
+                detail: "no valid meta page (another process damaged it?)".into(),
+            });
+        };
+        if m.txn == s.head.txn {
+            return Ok(());
         }
+        if m.page_count > s.map.pages() {
+            s.map = Arc::new(crate::store::map_current(&self.data_path, &g.data)?);
+        }
+        s.head = Head {
+            txn: m.txn,
+            root: m.root,
+            page_count: m.page_count,
+        };
+        self.fence_seen.fetch_max(m.fence, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn get(&self, path: &str) -> Result<Value> {
-        self.snapshot().get(path)
+        self.snapshot()?.get(path)
     }
     pub fn get_children(&self, path: &str, only: &[&str]) -> Result<Value> {
-        self.snapshot().get_children(path, only)
+        self.snapshot()?.get_children(path, only)
     }
     pub fn exists(&self, path: &str) -> Result<bool> {
-        self.snapshot().exists(path)
+        self.snapshot()?.exists(path)
     }
     pub fn children(&self, path: &str, after: Option<&str>, limit: usize) -> Result<Vec<Child>> {
-        self.snapshot().children(path, after, limit)
+        self.snapshot()?.children(path, after, limit)
     }
 
     /// Replace the subtree at `path` (null removes it).
@@ -326,6 +417,9 @@ impl Db {
             .iter()
             .map(|p| path::parse(p))
             .collect::<Result<_>>()?;
+        if self.group.is_some() {
+            return self.write_in_group(&segs, f);
+        }
         let mut w = lock(&self.writer);
         if let Some(f) = &w.failed {
             return Err(Error::Aborted(format!(
@@ -356,6 +450,95 @@ impl Db {
         Ok((r, info))
     }
 
+    /// A coordinated write: the write right first (a round trip to the master, while other
+    /// threads and processes go on committing), then the short commit step in the turn.
+    fn write_in_group<R>(
+        &self,
+        segs: &[Vec<Segment>],
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R>,
+    ) -> Result<(R, CommitInfo)> {
+        let grant = self
+            .locks
+            .acquire(segs, self.fence_seen.load(Ordering::Relaxed))?;
+        let result = self.commit_step(&mut lock(&self.writer), &grant, f);
+        self.locks.release(&grant);
+        let (r, info) = result?;
+        if !info.changed.is_empty() {
+            let mut subs = lock(&self.subscribers);
+            subs.retain(|s| s.send(info.clone()).is_ok());
+        }
+        Ok((r, info))
+    }
+
+    /// The commit step of a group member, in the turn: adopt the newest state of the files,
+    /// run `f` on it, commit, and announce the commit while still in the turn (so
+    /// announcements leave in commit order).
+    fn commit_step<R>(
+        &self,
+        w: &mut Writer,
+        grant: &Grant,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R>,
+    ) -> Result<(R, CommitInfo)> {
+        let g = self
+            .group
+            .as_ref()
+            .ok_or_else(|| Error::Aborted("commit step outside a coordinated group".into()))?;
+        let _turn = g.turn.exclusive()?;
+        self.refresh_writer(w)?;
+        // In the turn nobody reads: every snapshot of every process holds it shared.
+        w.space.reclaim(u64::MAX);
+        let (r, info, head) = self.run(w, grant, f)?;
+        if let Some(head) = head {
+            let mut s = lock(&self.shared);
+            s.head = head;
+            s.map = w.file.map.clone();
+            drop(s);
+            self.fence_seen.fetch_max(w.meta.fence, Ordering::Relaxed);
+            self.locks.announce(&info);
+        }
+        Ok((r, info))
+    }
+
+    /// Adopt the newest commit in the data file (made by any process of the group): its meta,
+    /// its allocation table, and a mapping that covers it. Cheap when this process made the
+    /// last commit (nothing to do).
+    fn refresh_writer(&self, w: &mut Writer) -> Result<()> {
+        let Some((slot, m)) = newest_checkpoint(&w.file.map) else {
+            return Err(Error::Corrupt {
+                path: self.data_path.clone(),
+                detail: "no valid meta page".into(),
+            });
+        };
+        if m.txn == w.meta.txn && w.failed.is_none() {
+            return Ok(());
+        }
+        w.file.ensure_pages(m.page_count)?;
+        let table =
+            AllocTable::load(&w.file.map, m.alloc_index, m.page_count, &m.delta).map_err(|d| {
+                Error::Corrupt {
+                    path: self.data_path.clone(),
+                    detail: d,
+                }
+            })?;
+        w.space = Box::new(LocalAllocator::from_table(&table, m.page_count));
+        w.table = table;
+        w.since = crate::commit::SinceCheckpoint {
+            txn: m.txn,
+            root: m.root,
+            records: m.records,
+            page_count: m.page_count,
+            ..Default::default()
+        };
+        w.next_ckpt_slot = slot ^ 1;
+        w.meta = Meta {
+            written: Vec::new(),
+            ..m
+        };
+        w.failed = None;
+        self.fence_seen.fetch_max(w.meta.fence, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn run<R>(
         &self,
         w: &mut Writer,
@@ -379,10 +562,17 @@ impl Db {
         }
     }
 
+    fn refresh_writer_if_group(&self, w: &mut Writer) -> Result<()> {
+        match self.group {
+            Some(_) => self.refresh_writer(w),
+            None => Ok(()),
+        }
+    }
+
     /// The highest fencing token recorded in the current meta page: new grants must carry a
     /// greater one.
     pub fn fence_high_water(&self) -> u64 {
-        lock(&self.writer).meta.fence
+        self.fresh_writer().meta.fence
     }
 
     /// Receive a [`CommitInfo`] for every commit that changes something.
@@ -392,8 +582,19 @@ impl Db {
         rx
     }
 
+    /// The writer, with the newest state of the files adopted when this is a group member.
+    fn fresh_writer(&self) -> MutexGuard<'_, Writer> {
+        let mut w = lock(&self.writer);
+        if let Some(g) = &self.group {
+            if let Ok(_turn) = g.turn.exclusive() {
+                let _ = self.refresh_writer(&mut w);
+            }
+        }
+        w
+    }
+
     pub fn stats(&self) -> Stats {
-        let w = lock(&self.writer);
+        let w = self.fresh_writer();
         Stats {
             txn: w.meta.txn,
             records: w.meta.records,
@@ -408,7 +609,7 @@ impl Db {
 
     /// Ids of the pages the allocation bitmap marks in use (for tools and tests).
     pub fn used_page_ids(&self) -> Vec<PageId> {
-        let w = lock(&self.writer);
+        let w = self.fresh_writer();
         (0..w.meta.page_count).filter(|&p| w.table.get(p)).collect()
     }
 
@@ -420,7 +621,25 @@ impl Db {
                 ..Default::default()
             };
         }
-        let w = lock(&self.writer);
+        let mut w = lock(&self.writer);
+        let _turn = match &self.group {
+            Some(g) => match g.turn.exclusive() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    return crate::check::Report {
+                        problems: vec![format!("cannot check: {e}")],
+                        ..Default::default()
+                    }
+                }
+            },
+            None => None,
+        };
+        if let Err(e) = self.refresh_writer_if_group(&mut w) {
+            return crate::check::Report {
+                problems: vec![format!("cannot read the newest state: {e}")],
+                ..Default::default()
+            };
+        }
         crate::check::run(&w.file, &w.table, &w.meta)
     }
 }
@@ -442,11 +661,21 @@ impl Writer {
     }
 }
 
+/// The newest valid checkpoint among the data file's two meta slots, and its slot. Group
+/// members only read it in the turn, so no meta page is being written meanwhile.
+fn newest_checkpoint(map: &Map) -> Option<(u64, Meta)> {
+    (0..2u64)
+        .filter_map(|i| Some((i, Meta::decode(map.page(i)?).ok()?)))
+        .max_by_key(|(_, m)| m.txn)
+}
+
 /// A consistent, read-only view of one committed transaction.
 pub struct Snapshot<'a> {
     db: &'a Db,
     map: Arc<Map>,
     head: Head,
+    /// Coordinated group: the shared turn that keeps commits from reusing its pages.
+    _turn: Option<SharedTurn>,
 }
 
 impl Drop for Snapshot<'_> {

@@ -23,6 +23,7 @@ pub mod page;
 pub mod path;
 pub mod store;
 pub mod tree;
+pub mod turn;
 pub mod txn;
 pub mod value;
 

@@ -35,6 +35,9 @@ pub trait LockProvider: Send + Sync {
     fn validate(&self, _grant: &Grant) -> Result<()> {
         Ok(())
     }
+    /// Called right after a commit, in the commit step of a coordinated group (so calls
+    /// follow commit order): tell the other processes. Must not block for long.
+    fn announce(&self, _info: &crate::CommitInfo) {}
 }
 
 /// Single-process provider: issues increasing fencing tokens.

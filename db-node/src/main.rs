@@ -203,7 +203,7 @@ fn increment(db: &Db, path: &str, by: i64) -> db_node::Result<i64> {
 /// at a time as a worker of a coordinated group (`--ipc`).
 enum Target {
     Local(Box<Db>),
-    Group(coord::WorkerSession),
+    Group(Box<coord::WorkerSession>),
 }
 
 impl Target {
@@ -220,7 +220,7 @@ impl Target {
                     ..Options::default()
                 },
             )?)),
-            Some(cfg) => Target::Group(coord::WorkerSession::new(dir, cfg, durability)?),
+            Some(cfg) => Target::Group(Box::new(coord::WorkerSession::new(dir, cfg, durability)?)),
         })
     }
 

@@ -75,16 +75,23 @@ impl DataFile {
     }
 
     /// Make sure the file holds at least `pages` pages; grows by a quarter (1 MiB..64 MiB) of
-    /// real zero blocks and remaps.
+    /// real zero blocks and remaps. Another process of a coordinated group may have grown the
+    /// file since it was mapped here: then the file's real length counts, and only the mapping
+    /// is renewed (never zeroing what the other process wrote).
     pub fn ensure_pages(&mut self, pages: u64) -> Result<()> {
-        let have = self.map.pages();
+        if pages <= self.map.pages() {
+            return Ok(());
+        }
+        let len = self.real_len()?;
+        let have = len / PAGE_SIZE as u64;
         if pages <= have {
+            self.map = Arc::new(map_file(&self.path, &self.file, len as usize)?);
             return Ok(());
         }
         let step = (have / 4).clamp(256, 16384);
         let target = pages.max(have + step) as usize * PAGE_SIZE;
         let zeros = vec![0u8; 1 << 20];
-        let mut at = self.map.len;
+        let mut at = have as usize * PAGE_SIZE;
         while at < target {
             let n = (target - at).min(zeros.len());
             self.file
@@ -96,6 +103,20 @@ impl DataFile {
         Ok(())
     }
 
+    fn real_len(&self) -> Result<u64> {
+        Ok(self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, e))?
+            .len())
+    }
+
+    /// A second handle on the file, for mapping it again from another place (readers of a
+    /// coordinated group remap when another process grew the file).
+    pub fn handle(&self) -> Result<File> {
+        self.file.try_clone().map_err(|e| Error::io(&self.path, e))
+    }
+
     /// fdatasync: everything written to the map so far is on disk when this returns.
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
@@ -104,6 +125,12 @@ impl DataFile {
     pub fn file_len(&self) -> u64 {
         self.map.len as u64
     }
+}
+
+/// Map the whole file as it is now.
+pub fn map_current(path: &Path, file: &File) -> Result<Map> {
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
+    map_file(path, file, len)
 }
 
 fn map_file(path: &Path, file: &File, len: usize) -> Result<Map> {

@@ -105,7 +105,7 @@ fn child_key(parent: &[u8], seg: &Segment) -> Vec<u8> {
 impl<'a> WriteTxn<'a> {
     pub(crate) fn new(w: &'a mut Writer, grant: Grant) -> WriteTxn<'a> {
         let log_room = commit::log_room(w);
-        let log_ok = w.sync;
+        let log_ok = w.sync && !w.group;
         WriteTxn {
             txn: w.meta.txn + 1,
             root: w.meta.root,

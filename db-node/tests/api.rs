@@ -140,7 +140,7 @@ fn transactions_batches_and_snapshots() {
     }
     assert_eq!(db.get("counter").unwrap(), Value::Int(100));
     assert!(db.transaction("counter", |_| None).unwrap().is_none());
-    let snap = db.snapshot();
+    let snap = db.snapshot().unwrap();
     let (_, info) = db
         .write(|t| {
             t.set("a", 1.into())?;
@@ -272,7 +272,7 @@ fn readers_see_whole_commits_while_pages_are_reused() {
             s.spawn(|| {
                 let mut seen = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let snap = db.snapshot();
+                    let snap = db.snapshot().unwrap();
                     let a = snap.get("pair/a").unwrap();
                     // hold the snapshot across several commits
                     std::thread::yield_now();

@@ -85,7 +85,7 @@ fn random_workload_matches_a_map() {
             }
             90..=93 => {
                 // replace a whole group, keeping a snapshot of the old one open meanwhile
-                let snap = db.snapshot();
+                let snap = db.snapshot().unwrap();
                 let before = snap.get(&format!("g{g:02}")).unwrap();
                 let n = rng.random_range(0..30);
                 let fresh: BTreeMap<u32, String> = (0..n)

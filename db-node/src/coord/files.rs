@@ -5,7 +5,7 @@
 //! | file | lock | purpose |
 //! |---|---|---|
 //! | `master.lock` | exclusive, for the master's whole life | at most one master per directory; holds its pid |
-//! | `turn.lock` | exclusive, per operation | the commit turn: one process at a time opens, changes and commits the files |
+//! | `turn.lock` | see [`crate::turn`] | the commit turn: one process at a time commits; snapshots hold it shared |
 //! | `master.fence` | (written under `master.lock`) | fencing tokens reserved by masters, so tokens grow across restarts |
 
 use crate::error::{Error, Result};
@@ -50,45 +50,6 @@ impl MasterLock {
         }
         record_holder(&mut file, &path)?;
         Ok(MasterLock { _file: file })
-    }
-}
-
-/// The commit turn: held while a process opens the files, changes them and commits.
-pub struct CommitTurn {
-    _file: File,
-}
-
-impl CommitTurn {
-    /// Wait at most `timeout` for the turn. An uncontended turn is taken at once; otherwise a
-    /// helper thread waits in the kernel (woken the moment the holder lets go, or dies) while
-    /// this thread waits for it with a deadline. If the deadline passes first, the helper
-    /// drops the lock as soon as it gets it, so nothing is left held.
-    pub fn acquire(dir: &Path, timeout: Duration) -> Result<CommitTurn, FileLockError> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let path = dir.join(TURN_LOCK);
-        let file = open_lock_file(&path)?;
-        if file.try_lock_exclusive().is_ok() {
-            return Ok(CommitTurn { _file: file });
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let waiter = std::thread::Builder::new()
-            .name("db-node-turn".into())
-            .spawn(move || {
-                let r = file.lock_exclusive().map(|()| file);
-                // if nobody waits any more, the file (and its lock) is dropped right here
-                let _ = tx.send(r);
-            });
-        if let Err(e) = waiter {
-            return Err(Error::io(&path, e).into());
-        }
-        match rx.recv_timeout(timeout) {
-            Ok(Ok(file)) => Ok(CommitTurn { _file: file }),
-            Ok(Err(e)) => Err(Error::io(&path, e).into()),
-            Err(_) => Err(FileLockError::TurnTimeout {
-                dir: dir.to_path_buf(),
-                waited: timeout,
-            }),
-        }
     }
 }
 
@@ -171,7 +132,6 @@ pub fn namespace_for(dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     fn tmp(name: &str) -> PathBuf {
         let d =
@@ -189,35 +149,6 @@ mod tests {
         assert!(e.contains(&std::process::id().to_string()), "{e}");
         drop(a);
         MasterLock::acquire(&d).unwrap();
-    }
-
-    #[test]
-    fn the_commit_turn_times_out_instead_of_hanging() {
-        let d = tmp("turn");
-        let a = CommitTurn::acquire(&d, Duration::from_millis(10)).unwrap();
-        let t = Instant::now();
-        assert!(matches!(
-            CommitTurn::acquire(&d, Duration::from_millis(30)),
-            Err(FileLockError::TurnTimeout { .. })
-        ));
-        assert!(t.elapsed() < Duration::from_secs(2));
-        drop(a);
-        // the helper of the timed-out attempt must not keep the turn
-        CommitTurn::acquire(&d, Duration::from_secs(5)).unwrap();
-    }
-
-    #[test]
-    fn a_waiting_turn_is_handed_over_when_the_holder_lets_go() {
-        let d = tmp("handover");
-        let a = CommitTurn::acquire(&d, Duration::from_millis(10)).unwrap();
-        let t = Instant::now();
-        let releaser = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            drop(a);
-        });
-        CommitTurn::acquire(&d, Duration::from_secs(5)).unwrap();
-        assert!(t.elapsed() < Duration::from_secs(2));
-        releaser.join().unwrap();
     }
 
     #[test]

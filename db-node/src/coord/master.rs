@@ -16,7 +16,7 @@
 //! once; a worker that reconnects with a new session epoch loses those of its old session;
 //! a hung worker loses them when its lease runs out.
 
-use super::files::{namespace_for, CommitTurn, FenceReserve, FileLockError, MasterLock};
+use super::files::{namespace_for, FenceReserve, FileLockError, MasterLock};
 use super::lock_table::{Changes, LockTable, Outcome, Owner};
 use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
 use crate::error::Error;
@@ -81,7 +81,6 @@ pub async fn run_master(
         _dir: dir_lock,
     };
     let fence = {
-        let _turn = CommitTurn::acquire(&cfg.dir, Duration::from_secs(10))?;
         let db = Db::open(
             &cfg.dir,
             Options {

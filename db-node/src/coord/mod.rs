@@ -18,6 +18,7 @@ pub mod files;
 pub mod group;
 pub mod lock_table;
 pub mod master;
+pub mod order;
 pub mod watch;
 pub mod wire;
 pub mod worker;

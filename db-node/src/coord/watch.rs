@@ -2,15 +2,48 @@
 //! and report those that concern a path pattern.
 //!
 //! What is reported today is the announcement itself (transaction id, fence, changed paths),
-//! plus a `gap` whenever transaction ids jump, so a watcher knows it missed commits (e.g.
-//! while its post-office connection was down) and must read the current state again.
+//! in commit order (see [`super::order`]), plus a `gap` whenever transaction ids are missing,
+//! so a watcher knows it missed commits (e.g. while its post-office connection was down) and
+//! must read the current state again.
 //! Value-level events (`value`, `child_added`, …) need old and new values and are future work.
 
 use super::announce::{concerns, Announcement, COMMITS_SUBJECT};
 use super::files::namespace_for;
+use super::order::{InOrder, Step};
 use ipc_client::{Client, ClientError, ClientOptions, Event};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long an announcement that overtook an earlier one waits for it.
+pub const REORDER_WAIT: Duration = Duration::from_millis(30);
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hand out ordered announcements that concern `pattern`; false when `out` wants no more.
+fn emit(
+    steps: Vec<Step<Announcement>>,
+    pattern: &str,
+    out: &mut impl FnMut(Watched) -> bool,
+) -> bool {
+    for step in steps {
+        let keep = match step {
+            Step::Gap { from, to } => out(Watched::Gap { from, to }),
+            Step::Item(_, mut a) => {
+                a.changed.retain(|c| concerns(pattern, c));
+                a.changed.is_empty() || out(Watched::Commit(a))
+            }
+        };
+        if !keep {
+            return false;
+        }
+    }
+    true
+}
 
 /// What a watcher reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,31 +88,26 @@ pub async fn watch(
     let (client, mut events) = Client::connect(opts).await?;
     client.subscribe(COMMITS_SUBJECT).await?;
     ready();
-    let mut last: Option<u64> = None;
-    while let Some(ev) = events.recv().await {
+    let mut order = InOrder::new(REORDER_WAIT);
+    loop {
+        let deadline = order.deadline();
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            _ = sleep_until(deadline) => {
+                if !emit(order.expire(Instant::now()), pattern, &mut out) {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(ev) = ev else { break };
         let keep = match ev {
             Event::Published {
                 subject, payload, ..
-            } if subject == COMMITS_SUBJECT => {
-                let Ok(mut a) = Announcement::decode(&payload) else {
-                    continue;
-                };
-                let mut keep = true;
-                if let Some(l) = last {
-                    if a.txn > l + 1 {
-                        keep = out(Watched::Gap {
-                            from: l + 1,
-                            to: a.txn - 1,
-                        });
-                    }
-                }
-                last = Some(last.map_or(a.txn, |l| l.max(a.txn)));
-                a.changed.retain(|c| concerns(pattern, c));
-                if keep && !a.changed.is_empty() {
-                    keep = out(Watched::Commit(a));
-                }
-                keep
-            }
+            } if subject == COMMITS_SUBJECT => match Announcement::decode(&payload) {
+                Ok(a) => emit(order.push(a.txn, a, Instant::now()), pattern, &mut out),
+                Err(_) => true,
+            },
             Event::Disconnected { .. } => out(Watched::Disconnected),
             _ => true,
         };

@@ -9,7 +9,7 @@
 //! The worker connects lazily, on its first write: reads never talk to anybody.
 
 use super::announce::{Announcement, COMMITS_SUBJECT};
-use super::files::{namespace_for, CommitTurn, FileLockError};
+use super::files::{namespace_for, FileLockError};
 use super::lock_table::Mode;
 use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
 use crate::error::{Error, Result};
@@ -177,28 +177,6 @@ impl IpcLocks {
     }
 }
 
-impl IpcLocks {
-    /// Publish a commit on [`COMMITS_SUBJECT`] and wait until the post office has routed it
-    /// (so announcements of successive commit turns reach subscribers in commit order).
-    pub fn announce(&self, info: &CommitInfo) -> Result<()> {
-        let client = self.client()?;
-        let payload = Announcement::from(info).encode();
-        let timeout = self.cfg.timeout;
-        self.rt
-            .block_on(async {
-                tokio::time::timeout(timeout, async {
-                    client.publish(COMMITS_SUBJECT, &payload).await?;
-                    client.flush().await
-                })
-                .await
-            })
-            .map_err(|_| {
-                Error::MasterUnavailable("the post office did not confirm in time".into())
-            })?
-            .map_err(|e| Error::MasterUnavailable(format!("announcing commit {}: {e}", info.txn)))
-    }
-}
-
 impl LockProvider for IpcLocks {
     fn acquire(&self, paths: &[Vec<Segment>], floor: u64) -> Result<Grant> {
         let items = paths
@@ -250,6 +228,21 @@ impl LockProvider for IpcLocks {
         }
     }
 
+    /// Publish the commit on [`COMMITS_SUBJECT`]: queued for the post office without waiting
+    /// for it (this runs in the commit step). Subscribers put announcements back in commit
+    /// order by transaction id; a lost one shows up as a gap.
+    fn announce(&self, info: &CommitInfo) {
+        let Ok(client) = self.client() else { return };
+        let payload = Announcement::from(info).encode();
+        let timeout = self.cfg.timeout;
+        let sent = self.rt.block_on(async {
+            tokio::time::timeout(timeout, client.publish(COMMITS_SUBJECT, &payload)).await
+        });
+        if !matches!(sent, Ok(Ok(()))) {
+            eprintln!("db-node: commit {} not announced", info.txn);
+        }
+    }
+
     fn validate(&self, grant: &Grant) -> Result<()> {
         if let Some(p) = self.cfg.pause_before_commit {
             eprintln!("db-node: test hook: pausing {p:?} before the commit");
@@ -269,20 +262,23 @@ impl LockProvider for IpcLocks {
 impl Drop for IpcLocks {
     fn drop(&mut self) {
         if let Some(c) = lock(&self.client).take() {
-            let _ = self
-                .rt
-                .block_on(async { tokio::time::timeout(Duration::from_secs(1), c.close()).await });
+            // announcements are queued without waiting: let the post office take them first
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = c.flush().await;
+                    c.close().await
+                })
+                .await
+            });
         }
     }
 }
 
-/// A long-lived worker: one post-office connection (made on the first write) shared by many
-/// operations, each of which takes the commit turn and opens the latest state of the files.
+/// A long-lived worker: the database kept open as a member of the group, and one post-office
+/// connection (made on the first write) shared by all its operations. Each write asks the
+/// master for its lock, then commits in a short turn on the newest state of the files.
 pub struct WorkerSession {
-    dir: PathBuf,
-    timeout: Duration,
-    durability: Durability,
-    locks: Arc<IpcLocks>,
+    db: Db,
 }
 
 impl WorkerSession {
@@ -293,41 +289,30 @@ impl WorkerSession {
     ) -> std::result::Result<WorkerSession, FileLockError> {
         let dir = dir.into();
         // waiting for the turn is waiting for other writers, like waiting for a lock
-        let timeout = cfg.lock_wait;
+        let turn_wait = cfg.lock_wait;
         let locks = Arc::new(IpcLocks::new(&dir, cfg)?);
-        Ok(WorkerSession {
-            dir,
-            timeout,
-            durability,
-            locks,
-        })
+        let db = Db::open(
+            &dir,
+            Options {
+                durability,
+                locks: Some(locks),
+                coordinated: true,
+                turn_wait: Some(turn_wait),
+            },
+        )?;
+        Ok(WorkerSession { db })
     }
 
-    /// Run `f` on the current state of the database, holding the commit turn throughout.
+    /// The database, as a member of the group.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Run `f` on the database (kept for callers of the earlier per-operation sessions).
     pub fn run<R>(
         &self,
         f: impl FnOnce(&Db) -> Result<R>,
     ) -> std::result::Result<R, FileLockError> {
-        let turn = CommitTurn::acquire(&self.dir, self.timeout)?;
-        let db = Db::open(
-            &self.dir,
-            Options {
-                durability: self.durability,
-                locks: Some(self.locks.clone()),
-                coordinated: true,
-            },
-        )?;
-        let commits = db.subscribe();
-        let r = f(&db);
-        for info in commits.try_iter() {
-            // The commit is durable whatever happens here; a lost announcement shows up as a
-            // gap in the transaction ids that subscribers see.
-            if let Err(e) = self.locks.announce(&info) {
-                eprintln!("db-node: commit {} not announced: {e}", info.txn);
-            }
-        }
-        drop(db);
-        drop(turn);
-        Ok(r?)
+        Ok(f(&self.db)?)
     }
 }
