@@ -75,13 +75,16 @@ enum Cmd {
     /// Print figures about the database as JSON.
     Stats,
     /// Add BY to the integer at PATH, TIMES times, each in its own transaction (with `--ipc`,
-    /// each takes its own lock from the master); prints the last value.
+    /// each under the master's lock); prints the last value (of the last thread to finish).
     Incr {
         path: String,
         #[arg(long, default_value_t = 1)]
         by: i64,
         #[arg(long, default_value_t = 1)]
         times: u64,
+        /// Threads sharing the work (as the request handlers of a server would).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Write COUNT small values PREFIX/0 .. PREFIX/COUNT-1, each in its own transaction (with
     /// `--ipc`, each with its own lock from the master): a load generator.
@@ -89,6 +92,9 @@ enum Cmd {
         prefix: String,
         #[arg(long, default_value_t = 1000)]
         count: u64,
+        /// Threads sharing the work.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Print the commits of the group (`--ipc`) that change paths overlapping PATTERN (`*`
     /// matches one segment) as JSON lines: `{"txn","fence","changed"}`, `{"gap":{"from","to"}}`
@@ -239,29 +245,76 @@ fn run_incr(
     path: &str,
     by: i64,
     times: u64,
+    threads: usize,
 ) -> anyhow::Result<i32> {
     let target = Target::open(
         &cli.db,
         cli.ipc.as_ref().map(|url| ipc_config(cli, url)),
         durability,
     )?;
-    let mut last = 0;
-    for _ in 0..times {
-        last = target.run(|db| increment(db, path, by))?;
-    }
-    println!("{last}");
+    let last = std::sync::atomic::AtomicI64::new(0);
+    spread(threads, times, |_| {
+        let v = target.run(|db| increment(db, path, by))?;
+        last.store(v, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    })?;
+    println!("{}", last.into_inner());
     Ok(0)
 }
 
-fn run_fill(cli: &Cli, durability: Durability, prefix: &str, count: u64) -> anyhow::Result<i32> {
+/// Run operations `0..times` on `threads` threads (thread `t` runs `t`, `t + threads`, …);
+/// the first error stops everything and is returned.
+fn spread(
+    threads: usize,
+    times: u64,
+    op: impl Fn(u64) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    let threads = threads.clamp(1, 256) as u64;
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (op, failed) = (&op, &failed);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let mut i = t;
+                    while i < times && !failed.load(std::sync::atomic::Ordering::Relaxed) {
+                        if let Err(e) = op(i) {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
+                        }
+                        i += threads;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a worker thread panicked")))
+            })
+            .collect::<anyhow::Result<Vec<()>>>()
+            .map(|_| ())
+    })
+}
+
+fn run_fill(
+    cli: &Cli,
+    durability: Durability,
+    prefix: &str,
+    count: u64,
+    threads: usize,
+) -> anyhow::Result<i32> {
     let target = Target::open(
         &cli.db,
         cli.ipc.as_ref().map(|url| ipc_config(cli, url)),
         durability,
     )?;
-    for i in 0..count {
+    spread(threads, count, |i| {
         target.run(|db| db.set(&format!("{prefix}/{i}"), Value::Int(i as i64)))?;
-    }
+        Ok(())
+    })?;
     println!("{count}");
     Ok(0)
 }
@@ -311,9 +364,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     match &cli.cmd {
         Cmd::Master { max_lease_ms } => return run_master(&cli, *max_lease_ms),
-        Cmd::Incr { path, by, times } => return run_incr(&cli, durability, path, *by, *times),
+        Cmd::Incr {
+            path,
+            by,
+            times,
+            threads,
+        } => return run_incr(&cli, durability, path, *by, *times, *threads),
         Cmd::Watch { pattern } => return run_watch(&cli, pattern),
-        Cmd::Fill { prefix, count } => return run_fill(&cli, durability, prefix, *count),
+        Cmd::Fill {
+            prefix,
+            count,
+            threads,
+        } => return run_fill(&cli, durability, prefix, *count, *threads),
         _ => {}
     }
     let ipc = cli.ipc.as_ref().map(|url| ipc_config(&cli, url));

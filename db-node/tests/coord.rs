@@ -198,12 +198,23 @@ fn four_workers_incrementing_one_counter_lose_no_update() {
         .unwrap_or(1000);
     let times = per_worker.to_string();
     let start = Instant::now();
+    // two single-threaded workers, and two whose 4 threads hand the counter's lock to each
+    // other without the master
     let mut workers: Vec<Proc> = (0..4)
-        .map(|_| {
+        .map(|k| {
+            let threads = if k % 2 == 0 { "1" } else { "4" };
             Proc::spawn(&mut db_node(
                 &dir,
                 &server.url,
-                &["--nosync", "incr", "counters/c", "--times", &times],
+                &[
+                    "--nosync",
+                    "incr",
+                    "counters/c",
+                    "--times",
+                    &times,
+                    "--threads",
+                    threads,
+                ],
             ))
         })
         .collect();

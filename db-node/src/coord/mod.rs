@@ -15,6 +15,7 @@
 
 pub mod announce;
 pub mod files;
+pub mod grants;
 pub mod group;
 pub mod lock_table;
 pub mod master;

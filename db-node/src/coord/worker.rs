@@ -10,6 +10,7 @@
 
 use super::announce::{Announcement, COMMITS_SUBJECT};
 use super::files::{namespace_for, FileLockError};
+use super::grants::{Give, Grants, MasterGrant, Take};
 use super::lock_table::Mode;
 use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
 use crate::error::{Error, Result};
@@ -17,7 +18,6 @@ use crate::lock::{Grant, LockProvider};
 use crate::path::Segment;
 use crate::{CommitInfo, Db, Durability, Options};
 use ipc_client::{Client, ClientOptions, Event, RequestError};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -63,13 +63,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A lock held from the master, by fencing token.
-struct Held {
-    id: u64,
-    /// Conservative local end of the lease: measured from *before* the request was sent.
-    expires: Instant,
-}
-
 /// [`LockProvider`] served by the master. Owns a small runtime for its post-office client, so
 /// it can be called from plain threads (not from inside another tokio runtime).
 pub struct IpcLocks {
@@ -78,7 +71,8 @@ pub struct IpcLocks {
     peer_id: String,
     rt: tokio::runtime::Runtime,
     client: Mutex<Option<Client>>,
-    held: Mutex<HashMap<u64, Held>>,
+    /// Grants held from the master, handed between this process's threads.
+    grants: Grants,
     /// Counts the master's departures seen in the post office, so a request in flight fails
     /// at once when the master dies instead of waiting for its deadline.
     master_left: tokio::sync::watch::Sender<u64>,
@@ -104,7 +98,7 @@ impl IpcLocks {
             namespace,
             rt,
             client: Mutex::new(None),
-            held: Mutex::new(HashMap::new()),
+            grants: Grants::default(),
             master_left: tokio::sync::watch::channel(0).0,
         })
     }
@@ -179,6 +173,21 @@ impl IpcLocks {
 
 impl LockProvider for IpcLocks {
     fn acquire(&self, paths: &[Vec<Segment>], floor: u64) -> Result<Grant> {
+        match self.grants.take(paths, self.cfg.lock_wait) {
+            Take::Local(g) => {
+                return Ok(Grant {
+                    paths: paths.to_vec(),
+                    token: g.token,
+                })
+            }
+            Take::TimedOut => {
+                return Err(Error::LockTimeout(format!(
+                    "another thread of this process held the lock for {:?}",
+                    self.cfg.lock_wait
+                )))
+            }
+            Take::AskMaster => {}
+        }
         let items = paths
             .iter()
             .map(|p| (p.iter().map(|s| s.to_string()).collect(), Mode::Write))
@@ -190,14 +199,19 @@ impl LockProvider for IpcLocks {
             wait_ms: self.cfg.lock_wait.as_millis() as u64,
         };
         let sent = Instant::now();
-        match self.ask(&req, self.cfg.lock_wait)? {
+        let reply = self.ask(&req, self.cfg.lock_wait);
+        if !matches!(reply, Ok(Reply::Granted { .. })) {
+            self.grants.refused(paths);
+        }
+        match reply? {
             Reply::Granted {
                 id,
                 token,
                 lease_ms,
             } => {
                 let expires = sent + Duration::from_millis(lease_ms);
-                lock(&self.held).insert(token, Held { id, expires });
+                self.grants
+                    .granted(paths, MasterGrant { id, token, expires });
                 Ok(Grant {
                     paths: paths.to_vec(),
                     token,
@@ -214,8 +228,10 @@ impl LockProvider for IpcLocks {
     }
 
     fn release(&self, grant: &Grant) {
-        let held = lock(&self.held).remove(&grant.token);
-        let Some(h) = held else { return };
+        let h = match self.grants.give(grant.token) {
+            Give::Release(h) => h,
+            Give::HandedOver | Give::Unknown => return,
+        };
         // A plain message, not a request: nobody waits for it, so a write transaction costs
         // one round trip to the master. It reaches the master before anything this worker
         // sends later (per-sender FIFO). If it is lost, our leaving or the lease frees the lock.
@@ -248,7 +264,7 @@ impl LockProvider for IpcLocks {
             eprintln!("db-node: test hook: pausing {p:?} before the commit");
             std::thread::sleep(p);
         }
-        match lock(&self.held).get(&grant.token) {
+        match self.grants.get(grant.token) {
             Some(h) if h.expires > Instant::now() => Ok(()),
             Some(h) => Err(Error::Fenced(format!(
                 "the lease of lock {} (token {}) ran out",
