@@ -45,6 +45,10 @@ pub struct Options {
     pub coordinated: bool,
     /// Longest wait for the commit turn of a coordinated group (default 10 s).
     pub turn_wait: Option<Duration>,
+    /// Join the directory's group through the post office, as master, worker or whichever
+    /// the race for `master.lock` decides (see `docs/coordination.md`). None: the database
+    /// belongs to this process alone.
+    pub ipc: Option<crate::coord::IpcOptions>,
 }
 
 /// What one commit changed: announced to subscribers (and, later, to other processes).
@@ -121,6 +125,9 @@ pub struct Db {
     /// Highest fencing token seen in the file (the floor of the next lock request).
     fence_seen: AtomicU64,
     _lock: ProcessLock,
+    /// Opened with an IPC setting: the master thread (if this process serves) and the post
+    /// office. Dropped last, after the files.
+    membership: Option<crate::coord::Membership>,
 }
 
 struct Group {
@@ -169,6 +176,9 @@ pub(crate) fn node<'a>(
 impl Db {
     /// Open the database in `dir`, creating it if the directory or its data file is missing.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
+        if let Some(ipc) = options.ipc.clone() {
+            return crate::coord::group::open_member(dir.as_ref(), options, ipc);
+        }
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let plock = ProcessLock::acquire_mode(&dir, options.coordinated)?;
@@ -257,6 +267,7 @@ impl Db {
             group,
             fence_seen,
             _lock: plock,
+            membership: None,
         };
         if !redo.is_empty() {
             // the last commits were logged, not checkpointed: replay them and checkpoint
@@ -304,6 +315,15 @@ impl Db {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub(crate) fn with_membership(mut self, m: crate::coord::Membership) -> Db {
+        self.membership = Some(m);
+        self
+    }
+
+    pub(crate) fn membership(&self) -> Option<&crate::coord::Membership> {
+        self.membership.as_ref()
     }
 
     /// A consistent read view of the latest commit. In a single process it never blocks on

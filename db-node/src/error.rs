@@ -38,6 +38,8 @@ pub enum Error {
     Aborted(String),
     #[error("write right lost before the commit: {0}")]
     Fenced(String),
+    #[error("{path}: another master (pid {pid}) already serves this database")]
+    MasterRunning { path: PathBuf, pid: String },
     #[error("master unavailable: {0}")]
     MasterUnavailable(String),
     #[error("lock not granted in time: {0}")]
@@ -54,7 +56,8 @@ impl Error {
             | Error::NewerVersion { .. }
             | Error::Truncated { .. }
             | Error::Corrupt { .. }
-            | Error::Locked { .. } => self,
+            | Error::Locked { .. }
+            | Error::MasterRunning { .. } => self,
             other => Error::Corrupt {
                 path: path.to_path_buf(),
                 detail: format!("{doing}: {other}"),

@@ -28,6 +28,7 @@ pub mod txn;
 pub mod value;
 
 pub use alloc::SpaceAllocator;
+pub use coord::{IpcOptions, Role};
 pub use db::{CommitInfo, Db, Durability, Options, Snapshot, Stats};
 pub use error::{Error, Result};
 pub use lock::{Grant, LocalLocks, LockProvider};

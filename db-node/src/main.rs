@@ -2,8 +2,9 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use db_node::coord::{self, IpcConfig, MasterConfig};
+use db_node::coord::{self, MasterConfig};
 use db_node::{Db, Durability, Options, Value};
+use db_node::{IpcOptions, Role};
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -182,8 +183,10 @@ fn input(arg: Option<String>) -> anyhow::Result<Value> {
     Ok(Value::from_json(&j))
 }
 
-fn ipc_config(cli: &Cli, url: &str) -> IpcConfig {
-    let mut cfg = IpcConfig::new(url);
+/// A data command with `--ipc` joins the group as a worker (the master is `db-node master`).
+fn ipc_config(cli: &Cli, url: &str) -> IpcOptions {
+    let mut cfg = IpcOptions::new(url);
+    cfg.role = Role::Worker;
     cfg.token = cli.token.clone();
     cfg.namespace = cli.namespace.clone();
     cfg.timeout = Duration::from_millis(cli.ipc_timeout_ms.max(1));
@@ -205,38 +208,20 @@ fn increment(db: &Db, path: &str, by: i64) -> db_node::Result<i64> {
     Ok(last)
 }
 
-/// Where a data command runs: the database opened by this process alone, or one operation
-/// at a time as a worker of a coordinated group (`--ipc`).
-enum Target {
-    Local(Box<Db>),
-    Group(Box<coord::WorkerSession>),
-}
-
-impl Target {
-    fn open(
-        dir: &std::path::Path,
-        ipc: Option<IpcConfig>,
-        durability: Durability,
-    ) -> anyhow::Result<Target> {
-        Ok(match ipc {
-            None => Target::Local(Box::new(Db::open(
-                dir,
-                Options {
-                    durability,
-                    ..Options::default()
-                },
-            )?)),
-            Some(cfg) => Target::Group(Box::new(coord::WorkerSession::new(dir, cfg, durability)?)),
-        })
-    }
-
-    /// Runs one operation (as a worker: under the commit turn, with the master's locks).
-    fn run<R>(&self, f: impl FnOnce(&Db) -> db_node::Result<R>) -> anyhow::Result<R> {
-        Ok(match self {
-            Target::Local(db) => f(db)?,
-            Target::Group(session) => session.run(f)?,
-        })
-    }
+/// Open the database: for this process alone, or (`--ipc`) as a worker of its group.
+fn open_db(
+    dir: &std::path::Path,
+    ipc: Option<IpcOptions>,
+    durability: Durability,
+) -> anyhow::Result<Db> {
+    Ok(Db::open(
+        dir,
+        Options {
+            durability,
+            ipc,
+            ..Options::default()
+        },
+    )?)
 }
 
 fn run_incr(
@@ -247,14 +232,14 @@ fn run_incr(
     times: u64,
     threads: usize,
 ) -> anyhow::Result<i32> {
-    let target = Target::open(
+    let db = open_db(
         &cli.db,
         cli.ipc.as_ref().map(|url| ipc_config(cli, url)),
         durability,
     )?;
     let last = std::sync::atomic::AtomicI64::new(0);
     spread(threads, times, |_| {
-        let v = target.run(|db| increment(db, path, by))?;
+        let v = increment(&db, path, by)?;
         last.store(v, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     })?;
@@ -306,13 +291,13 @@ fn run_fill(
     count: u64,
     threads: usize,
 ) -> anyhow::Result<i32> {
-    let target = Target::open(
+    let db = open_db(
         &cli.db,
         cli.ipc.as_ref().map(|url| ipc_config(cli, url)),
         durability,
     )?;
     spread(threads, count, |i| {
-        target.run(|db| db.set(&format!("{prefix}/{i}"), Value::Int(i as i64)))?;
+        db.set(&format!("{prefix}/{i}"), Value::Int(i as i64))?;
         Ok(())
     })?;
     println!("{count}");
@@ -381,7 +366,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let ipc = cli.ipc.as_ref().map(|url| ipc_config(&cli, url));
     // Read stdin before opening: no lock is held while waiting for input.
     let cmd = read_stdin_input(cli.cmd)?;
-    Target::open(&cli.db, ipc, durability)?.run(|db| Ok(data(db, cmd)))?
+    data(&open_db(&cli.db, ipc, durability)?, cmd)
 }
 
 /// Read the JSON input of `set`/`update` from stdin now, before any lock is held.

@@ -407,23 +407,30 @@ fn a_lock_request_queued_at_a_master_that_dies_fails_at_once() {
 
 #[test]
 fn library_roles_auto_master_and_worker() {
-    use db_node::coord::{GroupDb, GroupError, GroupOptions, Role};
-    use db_node::{Durability, Error, Value};
+    use db_node::{Db, Durability, Error, IpcOptions, Options, Role, Value};
     let server = Server::start();
     let dir = temp_db("roles");
-    let opts = |role: Role| {
-        let mut o = GroupOptions::new(server.url.clone());
-        o.role = role;
-        o.durability = Durability::NoSync;
-        o.timeout = Duration::from_millis(1500);
-        o
+    let open = |role: Role| {
+        let mut ipc = IpcOptions::new(server.url.clone());
+        ipc.role = role;
+        ipc.timeout = Duration::from_millis(1500);
+        Db::open(
+            &dir,
+            Options {
+                durability: Durability::NoSync,
+                ipc: Some(ipc),
+                ..Options::default()
+            },
+        )
     };
-    let a = GroupDb::open(&dir, opts(Role::Auto)).expect("first auto");
+    let a = open(Role::Auto).expect("first auto");
     assert!(a.is_master());
-    let b = GroupDb::open(&dir, opts(Role::Auto)).expect("second auto");
+    let b = open(Role::Auto).expect("second auto");
     assert!(!b.is_master());
-    match GroupDb::open(&dir, opts(Role::Master)) {
-        Err(GroupError::Master(e)) => assert!(e.to_string().contains("another master"), "{e}"),
+    match open(Role::Master) {
+        Err(e @ Error::MasterRunning { .. }) => {
+            assert!(e.to_string().contains("another master"), "{e}")
+        }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a second master was accepted"),
     }
@@ -469,7 +476,7 @@ fn library_roles_auto_master_and_worker() {
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(b.get("n").expect("get"), Value::Int(200));
     // a new master appears; the worker continues by itself
-    let c = GroupDb::open(&dir, opts(Role::Auto)).expect("new auto");
+    let c = open(Role::Auto).expect("new auto");
     assert!(c.is_master());
     b.set("x", 2).expect("set after the new master came");
     assert_eq!(c.get("x").expect("get"), Value::Int(2));

@@ -14,7 +14,6 @@ use fs2::FileExt;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 pub const MASTER_LOCK: &str = "master.lock";
 pub const TURN_LOCK: &str = "turn.lock";
@@ -25,8 +24,6 @@ pub const FENCE_FILE: &str = "master.fence";
 pub enum FileLockError {
     #[error("{dir}: another master (pid {pid}) already serves this database")]
     MasterRunning { dir: PathBuf, pid: String },
-    #[error("{dir}: the commit turn was not free within {waited:?}")]
-    TurnTimeout { dir: PathBuf, waited: Duration },
     #[error(transparent)]
     Db(#[from] Error),
 }

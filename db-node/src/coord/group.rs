@@ -1,29 +1,30 @@
-//! Opening a database as a member of a coordinated group, from a library: the role is chosen
-//! by configuration (`Master`, `Worker`) or by a race for `master.lock` (`Auto`: whoever takes
-//! it first serves the lock table, on a background thread, for as long as it keeps the
-//! database open; the others are workers).
+//! Opening a database as a member of a coordinated group: [`Db::open`] with an IPC setting
+//! ([`IpcOptions`]). The role is chosen by configuration (`Master`, `Worker`) or by a race for
+//! `master.lock` (`Auto`: whoever takes it first serves the lock table, on a background
+//! thread, for as long as it keeps the database open; the others are workers).
 //!
 //! ```no_run
-//! use db_node::coord::{GroupDb, GroupOptions, Role};
-//! let mut o = GroupOptions::new("ws://127.0.0.1:9163");
-//! o.role = Role::Auto;
-//! let db = GroupDb::open("/data/shop", o).expect("open");
+//! use db_node::{Db, IpcOptions, Options, Role};
+//! let mut ipc = IpcOptions::new("ws://127.0.0.1:9163");
+//! ipc.role = Role::Auto;
+//! let db = Db::open("/data/shop", Options { ipc: Some(ipc), ..Options::default() })
+//!     .expect("open");
 //! db.set("users/alice", 31).expect("set");
 //! ```
 //!
-//! Every operation runs in a [`WorkerSession`]: it takes the commit turn, sees the newest
-//! committed state, asks the master for its write lock (one round trip) and announces its
-//! commit. Even the process that serves as master writes as a worker, through the post office,
-//! so every process follows the same path.
+//! Every write asks the master for its lock (one round trip), then commits in a short turn
+//! on the newest state of the files and announces the commit. Even the process that serves
+//! as master writes as a worker, through the post office, so every process follows the same
+//! path. Reads never ask anybody.
 
 use super::files::{FileLockError, MasterLock};
 use super::master::{run_master, MasterConfig, MasterError};
 use super::watch::{watch, WatchConfig, Watched};
-use super::worker::{IpcConfig, WorkerSession};
+use super::worker::{IpcConfig, IpcLocks};
 use crate::error::{Error, Result};
-use crate::{Child, CommitInfo, Db, Durability, Value};
+use crate::{Db, Options};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// Which part a process plays in its group.
@@ -38,45 +39,85 @@ pub enum Role {
     Auto,
 }
 
-/// How to join the group.
+impl From<FileLockError> for Error {
+    fn from(e: FileLockError) -> Error {
+        match e {
+            FileLockError::MasterRunning { dir, pid } => Error::MasterRunning { path: dir, pid },
+            FileLockError::Db(e) => e,
+        }
+    }
+}
+
+impl From<MasterError> for Error {
+    fn from(e: MasterError) -> Error {
+        match e {
+            MasterError::Files(f) => f.into(),
+            MasterError::Db(e) => e,
+            e @ (MasterError::Connect { .. } | MasterError::Closed) => {
+                Error::MasterUnavailable(format!("the master of this process stopped: {e}"))
+            }
+        }
+    }
+}
+
+/// How a database joins its group: `Options { ipc: Some(IpcOptions::new(url)), .. }` in
+/// [`Db::open`].
 #[derive(Clone, Debug)]
-pub struct GroupOptions {
+pub struct IpcOptions {
+    /// `ws://` or `wss://` URL of the post office.
     pub url: String,
     pub role: Role,
     pub token: Option<String>,
+    /// Extra trusted CA certificates (PEM) for `wss://`.
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// Namespace in the post office; by default the directory's name.
     pub namespace: Option<String>,
-    pub durability: Durability,
-    /// Deadline of each request to the master and of waiting for the commit turn.
+    /// Deadline of each request to the master (and of connecting).
     pub timeout: Duration,
+    /// How long a write waits for a conflicting lock or for the commit turn.
+    pub lock_wait: Duration,
     /// Longest lease a master of this process grants.
     pub max_lease: Duration,
+    /// Test hook: sleep this long right before each commit is validated and written.
+    #[doc(hidden)]
+    pub pause_before_commit: Option<Duration>,
 }
 
-impl GroupOptions {
+impl IpcOptions {
     pub fn new(url: impl Into<String>) -> Self {
-        GroupOptions {
+        IpcOptions {
             url: url.into(),
             role: Role::Auto,
             token: None,
             tls_ca_pem: None,
             namespace: None,
-            durability: Durability::Sync,
             timeout: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(10),
             max_lease: Duration::from_secs(30),
+            pause_before_commit: None,
         }
     }
-}
 
-/// Why joining failed.
-#[derive(Debug, thiserror::Error)]
-pub enum GroupError {
-    #[error(transparent)]
-    Files(#[from] FileLockError),
-    #[error(transparent)]
-    Master(#[from] MasterError),
-    #[error("the master thread did not start: {0}")]
-    MasterThread(String),
+    fn worker_config(&self) -> IpcConfig {
+        let mut cfg = IpcConfig::new(self.url.clone());
+        cfg.token = self.token.clone();
+        cfg.tls_ca_pem = self.tls_ca_pem.clone();
+        cfg.namespace = self.namespace.clone();
+        cfg.timeout = self.timeout;
+        cfg.lock_wait = self.lock_wait;
+        cfg.pause_before_commit = self.pause_before_commit;
+        cfg
+    }
+
+    fn watch_config(&self) -> WatchConfig {
+        WatchConfig {
+            url: self.url.clone(),
+            token: self.token.clone(),
+            tls_ca_pem: self.tls_ca_pem.clone(),
+            namespace: self.namespace.clone(),
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// The master served by this process: stopped (and its locks released) on drop.
@@ -96,59 +137,60 @@ impl Drop for LocalMaster {
     }
 }
 
-/// A database shared by a group of processes. See the module documentation.
-pub struct GroupDb {
-    // drop order: stop using the files before the master goes away
-    session: WorkerSession,
+/// What a [`Db`] opened with an IPC setting keeps besides the files: the master it serves,
+/// if any, and how to reach the post office.
+pub struct Membership {
     master: Option<LocalMaster>,
-    watch_cfg: WatchConfig,
+    options: IpcOptions,
     dir: PathBuf,
 }
 
-impl GroupDb {
-    pub fn open(dir: impl AsRef<Path>, o: GroupOptions) -> Result<GroupDb, GroupError> {
-        let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| FileLockError::Db(Error::io(&dir, e)))?;
-        let master = match o.role {
-            Role::Worker => None,
-            Role::Master => Some(start_master(&dir, &o)?),
-            Role::Auto => match start_master(&dir, &o) {
-                Ok(m) => Some(m),
-                Err(GroupError::Master(MasterError::Files(FileLockError::MasterRunning {
-                    ..
-                }))) => None,
-                Err(e) => return Err(e),
-            },
-        };
-        let mut cfg = IpcConfig::new(o.url.clone());
-        cfg.token = o.token.clone();
-        cfg.tls_ca_pem = o.tls_ca_pem.clone();
-        cfg.namespace = o.namespace.clone();
-        cfg.timeout = o.timeout;
-        let session = WorkerSession::new(&dir, cfg, o.durability)?;
-        let watch_cfg = WatchConfig {
-            url: o.url.clone(),
-            token: o.token.clone(),
-            tls_ca_pem: o.tls_ca_pem.clone(),
-            namespace: o.namespace.clone(),
-            timeout: o.timeout,
-        };
-        Ok(GroupDb {
-            session,
-            master,
-            watch_cfg,
-            dir,
-        })
+/// [`Db::open`] with an IPC setting: pick the role, start the master thread if this process
+/// is the master, and open the files as a member of the group whose writes ask the master.
+pub(crate) fn open_member(dir: &Path, options: Options, ipc: IpcOptions) -> Result<Db> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let master = match ipc.role {
+        Role::Worker => None,
+        Role::Master => Some(start_master(dir, &ipc)?),
+        Role::Auto => match start_master(dir, &ipc) {
+            Ok(m) => Some(m),
+            Err(Error::MasterRunning { .. }) => None,
+            Err(e) => return Err(e),
+        },
+    };
+    let locks = Arc::new(IpcLocks::new(dir, ipc.worker_config())?);
+    let db = Db::open(
+        dir,
+        Options {
+            durability: options.durability,
+            locks: Some(locks),
+            coordinated: true,
+            turn_wait: Some(ipc.lock_wait),
+            ipc: None,
+        },
+    )?;
+    Ok(db.with_membership(Membership {
+        master,
+        options: ipc,
+        dir: dir.to_path_buf(),
+    }))
+}
+
+impl Membership {
+    /// Whether this process serves as the group's master.
+    pub fn is_master(&self) -> bool {
+        self.master.is_some()
     }
 
-    /// Commits of any process of the group that change paths overlapping `pattern` (`*` for
-    /// one segment), with gaps and disconnections, in commit order (see [`super::watch`]).
-    /// Returns once the subscription is in effect; watching stops when the receiver is
-    /// dropped (noticed at the next announcement).
+    /// See [`Db::watch`].
     pub fn watch(&self, pattern: &str) -> Result<mpsc::Receiver<Watched>> {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
-        let (dir, cfg, pattern) = (self.dir.clone(), self.watch_cfg.clone(), pattern.to_owned());
+        let (dir, cfg, pattern) = (
+            self.dir.clone(),
+            self.options.watch_config(),
+            pattern.to_owned(),
+        );
         let timeout = cfg.timeout;
         std::thread::Builder::new()
             .name("db-node-watch".into())
@@ -186,55 +228,31 @@ impl GroupDb {
             )),
         }
     }
+}
 
-    /// Whether this process serves as the group's master.
+impl Db {
+    /// Whether this process serves as its group's master (false without an IPC setting).
     pub fn is_master(&self) -> bool {
-        self.master.is_some()
+        self.membership().is_some_and(Membership::is_master)
     }
 
-    /// Run `f` on the newest state, holding the commit turn (see [`WorkerSession::run`]).
-    pub fn with<R>(&self, f: impl FnOnce(&Db) -> Result<R>) -> Result<R> {
-        self.session.run(f).map_err(|e| match e {
-            FileLockError::Db(e) => e,
-            e => Error::MasterUnavailable(e.to_string()),
-        })
-    }
-
-    pub fn get(&self, path: &str) -> Result<Value> {
-        self.with(|db| db.get(path))
-    }
-
-    pub fn children(&self, path: &str, after: Option<&str>, limit: usize) -> Result<Vec<Child>> {
-        self.with(|db| db.children(path, after, limit))
-    }
-
-    pub fn set(&self, path: &str, value: impl Into<Value>) -> Result<CommitInfo> {
-        let v = value.into();
-        self.with(|db| db.set(path, v))
-    }
-
-    pub fn update(&self, path: &str, partial: impl Into<Value>) -> Result<CommitInfo> {
-        let v = partial.into();
-        self.with(|db| db.update(path, v))
-    }
-
-    pub fn remove(&self, path: &str) -> Result<CommitInfo> {
-        self.with(|db| db.remove(path))
-    }
-
-    /// Read-modify-write of the value at `path` under its write lock (see
-    /// [`Db::transaction`]).
-    pub fn transaction<F>(&self, path: &str, f: F) -> Result<Option<CommitInfo>>
-    where
-        F: FnMut(Value) -> Option<Value>,
-    {
-        self.with(|db| db.transaction(path, f))
+    /// Commits of any process of the group that change paths overlapping `pattern` (`*` for
+    /// one segment), with gaps and disconnections, in commit order (see [`super::watch`]).
+    /// Returns once the subscription is in effect; watching stops when the receiver is
+    /// dropped (noticed at the next announcement). Needs an IPC setting.
+    pub fn watch(&self, pattern: &str) -> Result<mpsc::Receiver<Watched>> {
+        match self.membership() {
+            Some(m) => m.watch(pattern),
+            None => Err(Error::MasterUnavailable(
+                "watching needs a database opened with an IPC setting".into(),
+            )),
+        }
     }
 }
 
 /// Take `master.lock` here (so the race is decided before any thread starts), then serve on a
 /// thread with its own runtime; wait until it serves or failed.
-fn start_master(dir: &Path, o: &GroupOptions) -> Result<LocalMaster, GroupError> {
+fn start_master(dir: &Path, o: &IpcOptions) -> Result<LocalMaster> {
     // Probe: fail fast and typed if another master holds the directory. The lock is taken
     // again, for good, by `run_master` on the thread; a racing process may win in between,
     // which the thread reports the same way.
@@ -276,7 +294,7 @@ fn start_master(dir: &Path, o: &GroupOptions) -> Result<LocalMaster, GroupError>
                 let _ = ready_tx.send(Err(e));
             }
         })
-        .map_err(|e| GroupError::MasterThread(e.to_string()))?;
+        .map_err(|e| Error::MasterUnavailable(format!("cannot start the master thread: {e}")))?;
     let mut m = LocalMaster {
         stop: Some(stop_tx),
         thread: Some(thread),
@@ -287,7 +305,7 @@ fn start_master(dir: &Path, o: &GroupOptions) -> Result<LocalMaster, GroupError>
             m.stop = None;
             Err(e.into())
         }
-        Err(_) => Err(GroupError::MasterThread(
+        Err(_) => Err(Error::MasterUnavailable(
             "no answer from the master thread in time".into(),
         )),
     }

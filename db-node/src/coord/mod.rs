@@ -11,7 +11,7 @@
 //! * [`master`]: the master process loop;
 //! * [`worker`]: the lock provider that asks the master, and worker sessions;
 //! * [`announce`], [`watch`]: commit announcements and watching them;
-//! * [`group`]: [`GroupDb`], the library entry point with a role (master, worker, auto).
+//! * [`group`]: `Db::open` with an IPC setting ([`IpcOptions`]): roles master, worker, auto.
 
 pub mod announce;
 pub mod files;
@@ -24,7 +24,7 @@ pub mod watch;
 pub mod wire;
 pub mod worker;
 
-pub use group::{GroupDb, GroupError, GroupOptions, Role};
+pub use group::{IpcOptions, Membership, Role};
 pub use lock_table::{LockPath, LockTable, Mode, Owner};
 pub use master::{run_master, MasterConfig, MasterError};
-pub use worker::{IpcConfig, IpcLocks, WorkerSession};
+pub use worker::{IpcConfig, IpcLocks};

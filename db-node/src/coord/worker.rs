@@ -1,5 +1,5 @@
-//! The worker side: a [`LockProvider`] that asks the master through the post office, and
-//! [`WorkerSession`], which runs operations on the shared files and announces their commits.
+//! The worker side: a [`LockProvider`] that asks the master through the post office and
+//! announces commits.
 //!
 //! Every request to the master has a deadline: a dead, hung or absent master, or a lost
 //! post-office connection, ends the request with [`Error::MasterUnavailable`] within
@@ -9,17 +9,17 @@
 //! The worker connects lazily, on its first write: reads never talk to anybody.
 
 use super::announce::{Announcement, COMMITS_SUBJECT};
-use super::files::{namespace_for, FileLockError};
+use super::files::namespace_for;
 use super::grants::{Give, Grants, MasterGrant, Take};
 use super::lock_table::Mode;
 use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
 use crate::error::{Error, Result};
 use crate::lock::{Grant, LockProvider};
 use crate::path::Segment;
-use crate::{CommitInfo, Db, Durability, Options};
+use crate::CommitInfo;
 use ipc_client::{Client, ClientOptions, Event, RequestError};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How a worker reaches its master.
@@ -287,48 +287,5 @@ impl Drop for IpcLocks {
                 .await
             });
         }
-    }
-}
-
-/// A long-lived worker: the database kept open as a member of the group, and one post-office
-/// connection (made on the first write) shared by all its operations. Each write asks the
-/// master for its lock, then commits in a short turn on the newest state of the files.
-pub struct WorkerSession {
-    db: Db,
-}
-
-impl WorkerSession {
-    pub fn new(
-        dir: impl Into<PathBuf>,
-        cfg: IpcConfig,
-        durability: Durability,
-    ) -> std::result::Result<WorkerSession, FileLockError> {
-        let dir = dir.into();
-        // waiting for the turn is waiting for other writers, like waiting for a lock
-        let turn_wait = cfg.lock_wait;
-        let locks = Arc::new(IpcLocks::new(&dir, cfg)?);
-        let db = Db::open(
-            &dir,
-            Options {
-                durability,
-                locks: Some(locks),
-                coordinated: true,
-                turn_wait: Some(turn_wait),
-            },
-        )?;
-        Ok(WorkerSession { db })
-    }
-
-    /// The database, as a member of the group.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
-    /// Run `f` on the database (kept for callers of the earlier per-operation sessions).
-    pub fn run<R>(
-        &self,
-        f: impl FnOnce(&Db) -> Result<R>,
-    ) -> std::result::Result<R, FileLockError> {
-        Ok(f(&self.db)?)
     }
 }

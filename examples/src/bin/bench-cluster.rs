@@ -5,8 +5,8 @@
 //! * small writes/s at distinct paths (`db-node fill`, one transaction and one lock per write);
 //! * transactional increments/s of one shared counter (`db-node incr`), checked for lost updates;
 //! * the N=4 / N=1 write ratio;
-//! * event latency p50/p99: from the commit step of a write in this process (a `GroupDb`
-//!   worker; the clock starts at the end of the transaction, right before its pages and meta
+//! * event latency p50/p99: from the commit step of a write in this process (a `Db`
+//!   opened as a worker; the clock starts at the end of the transaction, right before its pages and meta
 //!   page are written and the commit is announced) to the line of a `db-node watch` process
 //!   read back through its stdout pipe (which the figure includes).
 //!
@@ -14,8 +14,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use db_node::coord::{GroupDb, GroupOptions, Role};
-use db_node::Durability;
+use db_node::{Db, Durability, IpcOptions, Options, Role};
 use examples::{build_binary, percentile, spawn_and_wait_line, ChildGuard, Report};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -126,22 +125,26 @@ fn event_latency(b: &Bench, dir: &Path, n: usize) -> anyhow::Result<Vec<Duration
             }
         }
     });
-    let mut o = GroupOptions::new(b.url.clone());
-    o.role = Role::Worker;
-    o.durability = Durability::NoSync;
-    let db = GroupDb::open(dir, o)?;
+    let mut ipc = IpcOptions::new(b.url.clone());
+    ipc.role = Role::Worker;
+    let db = Db::open(
+        dir,
+        Options {
+            durability: Durability::NoSync,
+            ipc: Some(ipc),
+            ..Options::default()
+        },
+    )?;
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let path = format!("ev/{i}");
         // the clock starts inside the commit step, right before the commit is written and
         // announced (after the lock round trip)
         let mut t0 = Instant::now();
-        db.with(|d| {
-            d.write_paths(&[&path], |t| {
-                t.set(&path, db_node::Value::Int(i as i64))?;
-                t0 = Instant::now();
-                Ok(())
-            })
+        db.write_paths(&[&path], |t| {
+            t.set(&path, db_node::Value::Int(i as i64))?;
+            t0 = Instant::now();
+            Ok(())
         })?;
         let want = format!("\"{path}\"");
         loop {
