@@ -481,3 +481,50 @@ fn library_roles_auto_master_and_worker() {
     b.set("x", 2).expect("set after the new master came");
     assert_eq!(c.get("x").expect("get"), Value::Int(2));
 }
+
+#[test]
+fn a_grant_whose_post_office_session_ended_is_fenced_at_the_commit() {
+    let mut server = Server::start();
+    let dir = temp_db("fenced");
+    let _m = master(&dir, &server.url);
+    set(&dir, &server.url, "users/alice", "0");
+    // a worker holds the lock and is about to commit when its session ends
+    let mut stale = Proc::spawn(&mut db_node(
+        &dir,
+        &server.url,
+        &[
+            "--nosync",
+            "--pause-before-commit-ms",
+            "1500",
+            "set",
+            "users/alice",
+            "1",
+        ],
+    ));
+    assert!(
+        stale.stderr.wait_for("pausing", T).is_some(),
+        "the worker never got its lock"
+    );
+    // the post office restarts: the master drops every lock of the sessions that ended
+    server.restart();
+    let status = stale
+        .wait_exit(Duration::from_secs(20))
+        .expect("the stale worker ends");
+    let err = stale.stderr.rest(T);
+    assert!(!status.success(), "a superseded grant committed");
+    assert!(err.contains("session that ended"), "{err}");
+    // nothing of it was written; the group goes on
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ok, _, err) = run(
+            &mut db_node(&dir, &server.url, &["--nosync", "set", "users/bob", "2"]),
+            T,
+        );
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < end, "no write after the restart: {err}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(&dir, &server.url, "users/alice"), "0");
+}

@@ -28,6 +28,9 @@ pub struct MasterGrant {
     pub token: u64,
     /// Conservative local end of the lease (measured from before the request was sent).
     pub expires: Instant,
+    /// Post-office session the grant belongs to: the master drops every lock of a session
+    /// that ends, so a grant of an earlier session is void.
+    pub epoch: u64,
 }
 
 struct Held {
@@ -219,6 +222,7 @@ mod tests {
             id: token * 10,
             token,
             expires: *START.get_or_init(Instant::now) + Duration::from_secs(30),
+            epoch: 1,
         }
     }
 

@@ -171,6 +171,15 @@ impl IpcLocks {
     }
 }
 
+impl IpcLocks {
+    /// The current post-office session: (epoch, connected now).
+    fn session(&self) -> Option<(u64, bool)> {
+        lock(&self.client)
+            .as_ref()
+            .map(|c| (c.epoch(), c.is_connected()))
+    }
+}
+
 impl LockProvider for IpcLocks {
     fn acquire(&self, paths: &[Vec<Segment>], floor: u64) -> Result<Grant> {
         match self.grants.take(paths, self.cfg.lock_wait) {
@@ -210,8 +219,16 @@ impl LockProvider for IpcLocks {
                 lease_ms,
             } => {
                 let expires = sent + Duration::from_millis(lease_ms);
-                self.grants
-                    .granted(paths, MasterGrant { id, token, expires });
+                let epoch = self.session().map_or(0, |(epoch, _)| epoch);
+                self.grants.granted(
+                    paths,
+                    MasterGrant {
+                        id,
+                        token,
+                        expires,
+                        epoch,
+                    },
+                );
                 Ok(Grant {
                     paths: paths.to_vec(),
                     token,
@@ -264,13 +281,22 @@ impl LockProvider for IpcLocks {
             eprintln!("db-node: test hook: pausing {p:?} before the commit");
             std::thread::sleep(p);
         }
-        match self.grants.get(grant.token) {
-            Some(h) if h.expires > Instant::now() => Ok(()),
-            Some(h) => Err(Error::Fenced(format!(
+        let Some(h) = self.grants.get(grant.token) else {
+            return Err(Error::Fenced(format!("token {} is not held", grant.token)));
+        };
+        if h.expires <= Instant::now() {
+            return Err(Error::Fenced(format!(
                 "the lease of lock {} (token {}) ran out",
                 h.id, grant.token
+            )));
+        }
+        match self.session() {
+            Some((epoch, true)) if epoch == h.epoch => Ok(()),
+            _ => Err(Error::Fenced(format!(
+                "lock {} (token {}) belonged to a post-office session that ended; the master \
+                 has dropped it",
+                h.id, grant.token
             ))),
-            None => Err(Error::Fenced(format!("token {} is not held", grant.token))),
         }
     }
 }
