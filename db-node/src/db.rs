@@ -60,6 +60,10 @@ pub struct CommitInfo {
     pub fence: u64,
     /// Paths whose subtrees changed.
     pub changed: Vec<String>,
+    /// The records this commit changed, old and new, encoded as described in
+    /// [`crate::changes`] (group members only; None elsewhere and when the commit changed more
+    /// than [`crate::changes::BUDGET`]). Realtime events are computed from it.
+    pub records: Option<Arc<Vec<u8>>>,
 }
 
 /// Figures about a database.

@@ -10,6 +10,7 @@
 
 pub mod alloc;
 pub mod btree;
+pub mod changes;
 pub mod check;
 mod checksum;
 pub mod commit;

@@ -100,7 +100,15 @@ enum Cmd {
     /// Print the commits of the group (`--ipc`) that change paths overlapping PATTERN (`*`
     /// matches one segment) as JSON lines: `{"txn","fence","changed"}`, `{"gap":{"from","to"}}`
     /// when commits were missed, `{"disconnected":true}` when the post office went away.
-    Watch { pattern: String },
+    /// With `--events KIND`: realtime events instead, one JSON line each:
+    /// `{"seq","txn","event","path","child"?,"value","reread"?}`, `{"seq","missed":{"from","to"}}`,
+    /// `{"seq","disconnected":true}`.
+    Watch {
+        pattern: String,
+        /// value, child_added, child_changed or child_removed.
+        #[arg(long)]
+        events: Option<coord::events::EventKind>,
+    },
     /// Serve the database's lock table to workers through the post office (`--ipc`). Exits 2
     /// if another master already serves the directory.
     Master {
@@ -304,6 +312,25 @@ fn run_fill(
     Ok(0)
 }
 
+fn run_events(cli: &Cli, pattern: &str, kind: coord::events::EventKind) -> anyhow::Result<i32> {
+    let Some(url) = cli.ipc.clone() else {
+        bail!("watch needs --ipc URL (or DB_NODE_IPC)");
+    };
+    let cfg = coord::watch::WatchConfig {
+        url,
+        token: cli.token.clone(),
+        tls_ca_pem: None,
+        namespace: cli.namespace.clone(),
+        timeout: Duration::from_millis(cli.ipc_timeout_ms.max(1)),
+    };
+    let rx = coord::realtime::spawn(&cli.db, cfg, pattern, kind)?;
+    eprintln!("db-node: watching {pattern} for {kind} events");
+    for r in rx {
+        println!("{}", r.to_json());
+    }
+    Ok(0)
+}
+
 fn run_watch(cli: &Cli, pattern: &str) -> anyhow::Result<i32> {
     let Some(url) = cli.ipc.clone() else {
         bail!("watch needs --ipc URL (or DB_NODE_IPC)");
@@ -355,7 +382,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             times,
             threads,
         } => return run_incr(&cli, durability, path, *by, *times, *threads),
-        Cmd::Watch { pattern } => return run_watch(&cli, pattern),
+        Cmd::Watch {
+            pattern,
+            events: Some(kind),
+        } => return run_events(&cli, pattern, *kind),
+        Cmd::Watch { pattern, .. } => return run_watch(&cli, pattern),
         Cmd::Fill {
             prefix,
             count,

@@ -3,6 +3,7 @@
 //! them visible in one step.
 
 use crate::btree::{self, Pages, PagesMut};
+use crate::changes::Capture;
 use crate::commit::{self, Changes};
 use crate::db::{node, CommitInfo, Head, Writer};
 use crate::error::{Error, Result};
@@ -24,6 +25,8 @@ pub struct WriteTxn<'a> {
     spare: Vec<PageId>,
     retired: Vec<PageId>,
     changed: Vec<String>,
+    /// Record-level changes for realtime events (group members only; see [`crate::changes`]).
+    changes: Capture,
     buf: Vec<u8>,
     /// Redo log of this transaction's record changes (`sync` mode, while it fits the meta page).
     log: Vec<u8>,
@@ -106,6 +109,7 @@ impl<'a> WriteTxn<'a> {
     pub(crate) fn new(w: &'a mut Writer, grant: Grant) -> WriteTxn<'a> {
         let log_room = commit::log_room(w);
         let log_ok = w.sync && !w.group;
+        let changes = Capture::new(w.group);
         WriteTxn {
             txn: w.meta.txn + 1,
             root: w.meta.root,
@@ -116,6 +120,7 @@ impl<'a> WriteTxn<'a> {
             spare: Vec::new(),
             retired: Vec::new(),
             changed: Vec::new(),
+            changes,
             buf: Vec::new(),
             log: Vec::new(),
             log_ok,
@@ -353,6 +358,7 @@ impl<'a> WriteTxn<'a> {
 
     fn put(&mut self, key: &[u8], rec: &[u8]) -> Result<()> {
         self.record(key, Some(rec));
+        self.capture(key, Some(rec))?;
         let (root, new) = btree::put(self, self.root, key, rec)?;
         self.root = root;
         self.records += new as u64;
@@ -366,8 +372,23 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
+    /// Note a record change for realtime events: the record before the transaction's first
+    /// touch of `key` costs one lookup.
+    fn capture(&mut self, key: &[u8], rec: Option<&[u8]>) -> Result<()> {
+        if !self.changes.active() {
+            return Ok(());
+        }
+        let old = match self.changes.seen(key) {
+            true => None,
+            false => btree::get(self, self.root, key)?.map(<[u8]>::to_vec),
+        };
+        self.changes.note(key, old, rec);
+        Ok(())
+    }
+
     fn delete(&mut self, key: &[u8]) -> Result<()> {
         self.record(key, None);
+        self.capture(key, None)?;
         let (root, found) = btree::delete(self, self.root, key)?;
         self.root = root;
         self.records -= found as u64;
@@ -396,6 +417,7 @@ impl<'a> WriteTxn<'a> {
                 txn: self.w.meta.txn,
                 fence,
                 changed: Vec::new(),
+                records: None,
             };
             return Ok((info, None));
         }
@@ -432,6 +454,7 @@ impl<'a> WriteTxn<'a> {
             txn: self.txn,
             fence,
             changed: self.changed,
+            records: self.changes.finish(),
         };
         Ok((info, Some(head)))
     }

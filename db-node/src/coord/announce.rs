@@ -2,13 +2,16 @@
 //! processes of the group can drop stale state and raise realtime events.
 //!
 //! Subject `commits` in the database's namespace; payload JSON
-//! `{"txn": T, "fence": F, "changed": ["users/alice", …]}`. Transaction ids are one sequence
+//! `{"txn": T, "fence": F, "changed": ["users/alice", …], "rec": "<base64>"}`, where `rec` is
+//! the commit's record-change list ([`crate::changes`], standard base64 with padding), left out
+//! when the commit changed more than [`crate::changes::BUDGET`]. Transaction ids are one sequence
 //! for the whole database (every commit that changes something takes the next one), so a
 //! subscriber that sees `txn` jump from 7 to 9 knows it missed commit 8 and must resync.
-//! A worker publishes while it still holds the commit turn and waits until the post office has
-//! routed the announcement, so subscribers receive announcements in commit order.
+//! A worker queues the announcement while it still holds the commit turn; subscribers put
+//! announcements back in commit order ([`super::order`]).
 
 use crate::db::CommitInfo;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 /// The subject commits are announced on.
@@ -20,6 +23,9 @@ pub struct Announcement {
     pub txn: u64,
     pub fence: u64,
     pub changed: Vec<String>,
+    /// Record changes, base64 (see the module documentation); None: not available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rec: Option<String>,
 }
 
 impl From<&CommitInfo> for Announcement {
@@ -28,6 +34,10 @@ impl From<&CommitInfo> for Announcement {
             txn: c.txn,
             fence: c.fence,
             changed: c.changed.clone(),
+            rec: c
+                .records
+                .as_ref()
+                .map(|r| base64::engine::general_purpose::STANDARD.encode(r.as_slice())),
         }
     }
 }
@@ -38,6 +48,11 @@ impl Announcement {
     }
     pub fn decode(b: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(b)
+    }
+    /// The record-change list (None when the commit carried none or it does not decode).
+    pub fn records(&self) -> Option<Vec<u8>> {
+        let r = self.rec.as_ref()?;
+        base64::engine::general_purpose::STANDARD.decode(r).ok()
     }
 }
 
@@ -78,6 +93,7 @@ mod tests {
             txn: 9,
             fence: 3,
             changed: vec!["a/b".into()],
+            rec: None,
         };
         assert_eq!(Announcement::decode(&a.encode()).unwrap(), a);
     }

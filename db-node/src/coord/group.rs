@@ -17,8 +17,10 @@
 //! as master writes as a worker, through the post office, so every process follows the same
 //! path. Reads never ask anybody.
 
+use super::events::EventKind;
 use super::files::{FileLockError, MasterLock};
 use super::master::{run_master, MasterConfig, MasterError};
+use super::realtime::Received;
 use super::watch::{watch, WatchConfig, Watched};
 use super::worker::{IpcConfig, IpcLocks};
 use crate::error::{Error, Result};
@@ -182,6 +184,11 @@ impl Membership {
         self.master.is_some()
     }
 
+    /// See [`Db::on`].
+    pub fn on(&self, pattern: &str, kind: EventKind) -> Result<mpsc::Receiver<Received>> {
+        super::realtime::spawn(&self.dir, self.options.watch_config(), pattern, kind)
+    }
+
     /// See [`Db::watch`].
     pub fn watch(&self, pattern: &str) -> Result<mpsc::Receiver<Watched>> {
         let (tx, rx) = mpsc::channel();
@@ -245,6 +252,20 @@ impl Db {
             Some(m) => m.watch(pattern),
             None => Err(Error::MasterUnavailable(
                 "watching needs a database opened with an IPC setting".into(),
+            )),
+        }
+    }
+
+    /// Realtime events `kind` of `pattern` (`*` for one segment) raised by the commits of any
+    /// process of the group after this call, in commit order, numbered per subscription, with
+    /// markers for missed commits and disconnections (see [`super::realtime`]). Returns once
+    /// the subscription is in effect; it stops when the receiver is dropped. Needs an IPC
+    /// setting.
+    pub fn on(&self, pattern: &str, kind: EventKind) -> Result<mpsc::Receiver<Received>> {
+        match self.membership() {
+            Some(m) => m.on(pattern, kind),
+            None => Err(Error::MasterUnavailable(
+                "events need a database opened with an IPC setting".into(),
             )),
         }
     }

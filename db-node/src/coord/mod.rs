@@ -11,15 +11,19 @@
 //! * [`master`]: the master process loop;
 //! * [`worker`]: the lock provider that asks the master, and worker sessions;
 //! * [`announce`], [`watch`]: commit announcements and watching them;
+//! * [`events`], [`realtime`]: realtime events (`value`, `child_*`) computed from the record
+//!   changes that announcements carry, and subscriptions to them;
 //! * [`group`]: `Db::open` with an IPC setting ([`IpcOptions`]): roles master, worker, auto.
 
 pub mod announce;
+pub mod events;
 pub mod files;
 pub mod grants;
 pub mod group;
 pub mod lock_table;
 pub mod master;
 pub mod order;
+pub mod realtime;
 pub mod watch;
 pub mod wire;
 pub mod worker;

@@ -44,6 +44,12 @@ impl<T> InOrder<T> {
         }
     }
 
+    /// Expect `next` as the first transaction, if nothing was taken in yet: earlier ones are
+    /// dropped as already seen, a later one waits for it like any early arrival.
+    pub fn start_at(&mut self, next: u64) {
+        self.next.get_or_insert(next);
+    }
+
     /// Take in the announcement of transaction `txn`; returns what can be handed out now.
     pub fn push(&mut self, txn: u64, item: T, now: Instant) -> Vec<Step<T>> {
         let mut out = Vec::new();

@@ -5,19 +5,19 @@
 //! in commit order (see [`super::order`]), plus a `gap` whenever transaction ids are missing,
 //! so a watcher knows it missed commits (e.g. while its post-office connection was down) and
 //! must read the current state again.
-//! Value-level events (`value`, `child_added`, …) need old and new values and are future work.
+//! Value-level events (`value`, `child_added`, …) are in [`super::realtime`].
 
 use super::announce::{concerns, Announcement, COMMITS_SUBJECT};
 use super::files::namespace_for;
 use super::order::{InOrder, Step};
-use ipc_client::{Client, ClientError, ClientOptions, Event};
+use ipc_client::{Client, ClientError, ClientOptions, Event, Events};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long an announcement that overtook an earlier one waits for it.
 pub const REORDER_WAIT: Duration = Duration::from_millis(30);
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
@@ -67,6 +67,27 @@ pub struct WatchConfig {
     pub timeout: Duration,
 }
 
+/// Join the namespace of the database in `dir` as peer `<prefix>-<pid>-<random>` and
+/// subscribe to its commit announcements.
+pub(crate) async fn subscribe_commits(
+    dir: &Path,
+    cfg: WatchConfig,
+    prefix: &str,
+) -> Result<(Client, Events), ClientError> {
+    let ns = cfg.namespace.clone().unwrap_or_else(|| namespace_for(dir));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let id = format!("{prefix}-{}-{nanos:x}", std::process::id());
+    let mut opts = ClientOptions::new(cfg.url, ns, id).request_timeout(cfg.timeout);
+    opts.token = cfg.token;
+    opts.tls_ca_pem = cfg.tls_ca_pem;
+    let (client, events) = Client::connect(opts).await?;
+    client.subscribe(COMMITS_SUBJECT).await?;
+    Ok((client, events))
+}
+
 /// Watch commits of the database in `dir` that concern `pattern` until `out` returns false or
 /// the client closes. `ready` is called once the subscription is in effect.
 pub async fn watch(
@@ -76,17 +97,7 @@ pub async fn watch(
     ready: impl FnOnce(),
     mut out: impl FnMut(Watched) -> bool,
 ) -> Result<(), ClientError> {
-    let ns = cfg.namespace.clone().unwrap_or_else(|| namespace_for(dir));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let id = format!("watch-{}-{nanos:x}", std::process::id());
-    let mut opts = ClientOptions::new(cfg.url, ns, id).request_timeout(cfg.timeout);
-    opts.token = cfg.token;
-    opts.tls_ca_pem = cfg.tls_ca_pem;
-    let (client, mut events) = Client::connect(opts).await?;
-    client.subscribe(COMMITS_SUBJECT).await?;
+    let (client, mut events) = subscribe_commits(dir, cfg, "watch").await?;
     ready();
     let mut order = InOrder::new(REORDER_WAIT);
     loop {
