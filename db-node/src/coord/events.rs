@@ -11,8 +11,8 @@
 //!
 //! A change above P (`set("users", {…})` for `users/*`) changes the records of every P below
 //! it, so it is found like any other. Values come from the commit's own records whenever
-//! they hold the whole value: a removed or added node (all its records are in the list), or a
-//! node that was a scalar before (it had no descendants). Otherwise — a container that
+//! they hold the whole value: a removed or added node (all its records are in the list), a
+//! node that was a scalar before (it had no descendants) or is an inline scalar now. Otherwise — a container that
 //! existed before and after, or a long (chunked) value that was rewritten — the new value is
 //! read from the file through a [`Source`], and is then the state *as of this commit or
 //! later* (`reread`).
@@ -291,13 +291,16 @@ fn new_value(
     if let Some(own) = own {
         // X had no descendants before (absent, or an inline scalar): every record of its
         // new subtree is in the list
-        let alone_before = own.old.is_none_or(|o| {
-            !matches!(
-                o.first(),
+        let has_descendants = |r: &[u8]| {
+            matches!(
+                r.first(),
                 Some(&T_OBJECT) | Some(&T_ARRAY) | Some(&T_CHUNKED)
             )
-        });
-        if own.new.is_none() || alone_before {
+        };
+        let alone_before = own.old.is_none_or(|o| !has_descendants(o));
+        // or X is now absent or an inline scalar: its record is all of it
+        let alone_now = own.new.is_none_or(|n| !has_descendants(n));
+        if alone_now || alone_before {
             return Ok((build(depth, recs, Side::New), false));
         }
     }

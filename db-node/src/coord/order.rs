@@ -50,6 +50,40 @@ impl<T> InOrder<T> {
         self.next.get_or_insert(next);
     }
 
+    /// Everything up to `last` is settled (e.g. read from the files after a reconnection):
+    /// hand out what waits up to it in order, the ids missing up to it as gaps, and drop
+    /// anything up to it that arrives later.
+    pub fn skip_through(&mut self, last: u64) -> Vec<Step<T>> {
+        let mut out = Vec::new();
+        let Some(mut n) = self.next else {
+            self.next = Some(last + 1);
+            return out;
+        };
+        while n <= last {
+            match self.early.first_key_value().map(|(&k, _)| k) {
+                Some(k) if k <= last => {
+                    if k > n {
+                        out.push(Step::Gap { from: n, to: k - 1 });
+                    }
+                    if let Some(item) = self.early.remove(&k) {
+                        out.push(Step::Item(k, item));
+                    }
+                    n = k + 1;
+                }
+                _ => {
+                    out.push(Step::Gap { from: n, to: last });
+                    n = last + 1;
+                }
+            }
+        }
+        self.next = Some(n);
+        self.drain(&mut out);
+        if self.early.is_empty() {
+            self.waiting_since = None;
+        }
+        out
+    }
+
     /// Take in the announcement of transaction `txn`; returns what can be handed out now.
     pub fn push(&mut self, txn: u64, item: T, now: Instant) -> Vec<Step<T>> {
         let mut out = Vec::new();
@@ -146,6 +180,21 @@ mod tests {
         assert_eq!(ids(&o.push(6, (), t)), ["6", "7", "8"]);
         assert!(o.deadline().is_none());
         assert!(o.push(6, (), t).is_empty(), "duplicates are dropped");
+    }
+
+    #[test]
+    fn skipping_hands_out_what_waits_and_reports_the_rest_as_gaps() {
+        let mut o = InOrder::new(Duration::from_millis(20));
+        let t = Instant::now();
+        o.start_at(3);
+        assert!(o.push(2, (), t).is_empty(), "before the start");
+        assert!(o.push(5, (), t).is_empty());
+        assert!(o.push(9, (), t).is_empty());
+        assert_eq!(ids(&o.skip_through(7)), ["gap 3-4", "5", "gap 6-7"]);
+        assert!(o.push(7, (), t).is_empty(), "settled already");
+        assert_eq!(ids(&o.push(8, (), t)), ["8", "9"]);
+        assert!(o.deadline().is_none());
+        assert!(o.skip_through(4).is_empty());
     }
 
     #[test]

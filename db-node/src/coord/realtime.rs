@@ -11,8 +11,9 @@
 //! alike. [`Received::Missed`] says that the events of commits `from_txn..=to_txn` could not be
 //! delivered (announcements lost, e.g. while disconnected; a commit too big to carry its
 //! record changes; a read that failed); [`Received::Disconnected`] that the post-office
-//! connection dropped (the subscription resumes by itself when it is back). After either, read
-//! the state again.
+//! connection dropped. The subscription resumes by itself when the connection is back, and
+//! then reports the commits made meanwhile (up to the newest in the files) as missed at once.
+//! After either marker, read the state again.
 
 use super::announce::{Announcement, COMMITS_SUBJECT};
 use super::events::{compute, EventKind, Pattern, Source};
@@ -233,6 +234,7 @@ pub async fn run(
         seq: 0,
         out,
     };
+    let mut down = false;
     loop {
         let deadline = order.deadline();
         let ev = tokio::select! {
@@ -253,8 +255,19 @@ pub async fn run(
                 Err(_) => true,
             },
             IpcEvent::Disconnected { .. } => {
+                down = true;
                 let seq = feed.next_seq();
                 (feed.out)(Received::Disconnected { seq })
+            }
+            IpcEvent::Connected { .. } if down => {
+                // back: once the restored subscription is in effect, the commits up to the
+                // newest one in the files that were not announced to us are missed
+                down = false;
+                let _ = client.flush().await;
+                match db.snapshot().map(|s| s.txn()) {
+                    Ok(last) => feed.steps(order.skip_through(last)),
+                    Err(_) => true,
+                }
             }
             _ => true,
         };
