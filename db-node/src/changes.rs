@@ -33,13 +33,16 @@ pub struct Change<'a> {
 #[error("record change list damaged at byte {0}")]
 pub struct ChangesError(pub usize);
 
+/// A key's record before the transaction's first touch and now (None: absent).
+type Touched = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// What a write transaction collects (see the module documentation).
 #[derive(Default)]
 pub(crate) struct Capture {
     on: bool,
     over: bool,
     bytes: usize,
-    map: BTreeMap<Vec<u8>, (Option<Vec<u8>>, Option<Vec<u8>>)>,
+    map: BTreeMap<Vec<u8>, Touched>,
 }
 
 impl Capture {

@@ -267,3 +267,19 @@ fn nothing_changed_means_no_events() {
         assert_eq!(events("users/*", k, t.clone(), t.clone()), (vec![], 0));
     }
 }
+
+#[test]
+fn an_object_replaced_by_a_scalar_needs_no_read() {
+    let old = json!({"users": {"a": {"x": 1, "y": 2}}});
+    let new = json!({"users": {"a": 7}});
+    let (evs, reads) = events("users/*", "value", old.clone(), new.clone());
+    assert_eq!(
+        (evs, reads),
+        (vec![ev("users/a", None, json!(7), false)], 0)
+    );
+    let (evs, reads) = events("users", "child_changed", old, new);
+    assert_eq!(
+        (evs, reads),
+        (vec![ev("users", Some("a"), json!(7), false)], 0)
+    );
+}
