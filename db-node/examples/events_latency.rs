@@ -15,8 +15,7 @@
 
 use db_node::coord::events::EventKind;
 use db_node::coord::realtime::Received;
-use db_node::coord::{GroupDb, GroupOptions, Role};
-use db_node::{Durability, Value};
+use db_node::{Db, Durability, IpcOptions, Options, Role, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn now_ns() -> i64 {
@@ -32,10 +31,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: events_latency sub|write URL DIR COUNT".into());
     };
     let n: usize = n.parse()?;
-    let mut o = GroupOptions::new(url.as_str());
-    o.role = Role::Worker;
-    o.durability = Durability::NoSync;
-    let db = GroupDb::open(dir, o)?;
+    let mut ipc = IpcOptions::new(url.as_str());
+    ipc.role = Role::Worker;
+    let o = Options {
+        durability: Durability::NoSync,
+        ipc: Some(ipc),
+        ..Options::default()
+    };
+    let db = Db::open(dir, o)?;
     if mode == "write" || mode == "write-obj" {
         for i in 0..n {
             // write-obj: an object that existed before, so the subscriber reads it back
