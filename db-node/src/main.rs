@@ -323,11 +323,25 @@ fn run_events(cli: &Cli, pattern: &str, kind: coord::events::EventKind) -> anyho
         namespace: cli.namespace.clone(),
         timeout: Duration::from_millis(cli.ipc_timeout_ms.max(1)),
     };
-    let rx = coord::realtime::spawn(&cli.db, cfg, pattern, kind)?;
-    eprintln!("db-node: watching {pattern} for {kind} events");
-    for r in rx {
-        println!("{}", r.to_json());
-    }
+    let pattern = coord::events::Pattern::parse(pattern)?;
+    let db = coord::realtime::open_reader(&cli.db, cfg.timeout)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    // printed from the subscription's own thread: no handoff between threads per event
+    let text = pattern.as_str().to_owned();
+    rt.block_on(coord::realtime::run(
+        &db,
+        cfg,
+        pattern,
+        kind,
+        || eprintln!("db-node: watching {text} for {kind} events"),
+        |r| {
+            println!("{}", r.to_json());
+            true
+        },
+    ))?;
     Ok(0)
 }
 
