@@ -7,8 +7,9 @@
 //! * the N=4 / N=1 write ratio;
 //! * event latency p50/p99: from the commit step of a write in this process (a `Db`
 //!   opened as a worker; the clock starts at the end of the transaction, right before its pages and meta
-//!   page are written and the commit is announced) to the line of a `db-node watch` process
-//!   read back through its stdout pipe (which the figure includes).
+//!   page are written and the commit is announced) to its `value` event printed by a
+//!   `db-node watch --events value` process, read back through its stdout pipe (which the
+//!   figure includes).
 //!
 //! `cargo run --release -p examples --bin bench-cluster [-- --json] [--sync]`
 
@@ -102,7 +103,9 @@ impl Bench {
 
 fn event_latency(b: &Bench, dir: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
     let _m = b.master(dir)?;
-    let mut watch = b.cmd(dir, false, &["watch", "ev/*"]).spawn()?;
+    let mut watch = b
+        .cmd(dir, false, &["watch", "--events", "value", "ev/*"])
+        .spawn()?;
     let stdout = watch.stdout.take().context("watch stdout")?;
     let stderr = watch.stderr.take().context("watch stderr")?;
     let _watch = ChildGuard(watch);
@@ -146,7 +149,7 @@ fn event_latency(b: &Bench, dir: &Path, n: usize) -> anyhow::Result<Vec<Duration
             t0 = Instant::now();
             Ok(())
         })?;
-        let want = format!("\"{path}\"");
+        let want = format!("\"path\":\"{path}\"");
         loop {
             let (at, line) = rx
                 .recv_timeout(Duration::from_secs(5))
