@@ -467,11 +467,15 @@ impl Db {
             s.map = w.file.map.clone();
         }
         drop(w);
-        if !info.changed.is_empty() {
-            let mut subs = lock(&self.subscribers);
-            subs.retain(|s| s.send(info.clone()).is_ok());
-        }
+        self.notify(&info);
         Ok((r, info))
+    }
+
+    /// Hand a commit that changed something to the local subscribers ([`Db::subscribe`]).
+    fn notify(&self, info: &CommitInfo) {
+        if !info.changed.is_empty() {
+            lock(&self.subscribers).retain(|s| s.send(info.clone()).is_ok());
+        }
     }
 
     /// A coordinated write: the write right first (a round trip to the master, while other
@@ -487,10 +491,7 @@ impl Db {
         let result = self.commit_step(&mut lock(&self.writer), &grant, f);
         self.locks.release(&grant);
         let (r, info) = result?;
-        if !info.changed.is_empty() {
-            let mut subs = lock(&self.subscribers);
-            subs.retain(|s| s.send(info.clone()).is_ok());
-        }
+        self.notify(&info);
         Ok((r, info))
     }
 

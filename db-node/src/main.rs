@@ -312,23 +312,32 @@ fn run_fill(
     Ok(0)
 }
 
-fn run_events(cli: &Cli, pattern: &str, kind: coord::events::EventKind) -> anyhow::Result<i32> {
+/// Where `watch` connects: `--ipc` is required.
+fn watch_config(cli: &Cli) -> anyhow::Result<coord::watch::WatchConfig> {
     let Some(url) = cli.ipc.clone() else {
         bail!("watch needs --ipc URL (or DB_NODE_IPC)");
     };
-    let cfg = coord::watch::WatchConfig {
+    Ok(coord::watch::WatchConfig {
         url,
         token: cli.token.clone(),
         tls_ca_pem: None,
         namespace: cli.namespace.clone(),
         timeout: Duration::from_millis(cli.ipc_timeout_ms.max(1)),
-    };
-    let pattern = coord::events::Pattern::parse(pattern)?;
-    let db = coord::realtime::open_reader(&cli.db, cfg.timeout)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?;
+        .context("starting the runtime")
+}
+
+fn run_events(cli: &Cli, pattern: &str, kind: coord::events::EventKind) -> anyhow::Result<i32> {
+    let cfg = watch_config(cli)?;
+    let pattern = coord::events::Pattern::parse(pattern)?;
+    let db = coord::realtime::open_reader(&cli.db, cfg.timeout)?;
+    let rt = runtime()?;
     // printed from the subscription's own thread: no handoff between threads per event
     let text = pattern.as_str().to_owned();
     rt.block_on(coord::realtime::run(
@@ -346,20 +355,8 @@ fn run_events(cli: &Cli, pattern: &str, kind: coord::events::EventKind) -> anyho
 }
 
 fn run_watch(cli: &Cli, pattern: &str) -> anyhow::Result<i32> {
-    let Some(url) = cli.ipc.clone() else {
-        bail!("watch needs --ipc URL (or DB_NODE_IPC)");
-    };
-    let cfg = coord::watch::WatchConfig {
-        url,
-        token: cli.token.clone(),
-        tls_ca_pem: None,
-        namespace: cli.namespace.clone(),
-        timeout: Duration::from_millis(cli.ipc_timeout_ms.max(1)),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let cfg = watch_config(cli)?;
+    let rt = runtime()?;
     rt.block_on(coord::watch::watch(
         &cli.db,
         cfg,

@@ -17,6 +17,7 @@
 //! as master writes as a worker, through the post office, so every process follows the same
 //! path. Reads never ask anybody.
 
+use super::background::{self, Ready, Started};
 use super::events::EventKind;
 use super::files::{FileLockError, MasterLock};
 use super::master::{run_master, MasterConfig, MasterError};
@@ -192,45 +193,33 @@ impl Membership {
     /// See [`Db::watch`].
     pub fn watch(&self, pattern: &str) -> Result<mpsc::Receiver<Watched>> {
         let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
         let (dir, cfg, pattern) = (
             self.dir.clone(),
             self.options.watch_config(),
             pattern.to_owned(),
         );
-        let timeout = cfg.timeout;
-        std::thread::Builder::new()
-            .name("db-node-watch".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let ready = ready_tx.clone();
-                let r = rt.block_on(watch(
+        let wait = cfg.timeout + Duration::from_secs(1);
+        let (_, started) = background::start(
+            "db-node-watch",
+            wait,
+            |e| e.to_string(),
+            move |ready: Ready<String>| async move {
+                watch(
                     &dir,
                     cfg,
                     &pattern,
-                    move || {
-                        let _ = ready.send(Ok(()));
-                    },
+                    move || ready.signal(),
                     |w| tx.send(w).is_ok(),
-                ));
-                if let Err(e) = r {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                }
-            })
-            .map_err(|e| Error::MasterUnavailable(format!("cannot start a watch thread: {e}")))?;
-        match ready_rx.recv_timeout(timeout + Duration::from_secs(1)) {
-            Ok(Ok(())) => Ok(rx),
-            Ok(Err(e)) => Err(Error::MasterUnavailable(format!("cannot watch: {e}"))),
-            Err(_) => Err(Error::MasterUnavailable(
+                )
+                .await
+                .map_err(|e| e.to_string())
+            },
+        )
+        .map_err(|e| Error::MasterUnavailable(format!("cannot start a watch thread: {e}")))?;
+        match started {
+            Started::Ready => Ok(rx),
+            Started::Failed(e) => Err(Error::MasterUnavailable(format!("cannot watch: {e}"))),
+            Started::TimedOut => Err(Error::MasterUnavailable(
                 "cannot watch: no subscription in time".into(),
             )),
         }
@@ -286,47 +275,29 @@ fn start_master(dir: &Path, o: &IpcOptions) -> Result<LocalMaster> {
         namespace: o.namespace.clone(),
         max_lease: o.max_lease,
     };
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), MasterError>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("db-node-master".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(MasterError::Db(Error::io("runtime", e))));
-                    return;
-                }
-            };
-            let ready = ready_tx.clone();
-            let result = rt.block_on(run_master(
-                cfg,
-                move |_| {
-                    let _ = ready.send(Ok(()));
-                },
-                async {
-                    let _ = stop_rx.await;
-                },
-            ));
-            if let Err(e) = result {
-                let _ = ready_tx.send(Err(e));
-            }
-        })
-        .map_err(|e| Error::MasterUnavailable(format!("cannot start the master thread: {e}")))?;
+    let (thread, started) = background::start(
+        "db-node-master",
+        o.timeout + Duration::from_secs(10),
+        |e| MasterError::Db(Error::io("runtime", e)),
+        move |ready: Ready<MasterError>| {
+            run_master(cfg, move |_| ready.signal(), async {
+                let _ = stop_rx.await;
+            })
+        },
+    )
+    .map_err(|e| Error::MasterUnavailable(format!("cannot start the master thread: {e}")))?;
     let mut m = LocalMaster {
         stop: Some(stop_tx),
         thread: Some(thread),
     };
-    match ready_rx.recv_timeout(o.timeout + Duration::from_secs(10)) {
-        Ok(Ok(())) => Ok(m),
-        Ok(Err(e)) => {
+    match started {
+        Started::Ready => Ok(m),
+        Started::Failed(e) => {
             m.stop = None;
             Err(e.into())
         }
-        Err(_) => Err(Error::MasterUnavailable(
+        Started::TimedOut => Err(Error::MasterUnavailable(
             "no answer from the master thread in time".into(),
         )),
     }

@@ -16,6 +16,7 @@
 //! * [`group`]: `Db::open` with an IPC setting ([`IpcOptions`]): roles master, worker, auto.
 
 pub mod announce;
+mod background;
 pub mod events;
 pub mod files;
 pub mod grants;

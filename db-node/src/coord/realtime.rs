@@ -16,6 +16,7 @@
 //! After either marker, read the state again.
 
 use super::announce::{Announcement, COMMITS_SUBJECT};
+use super::background::{self, Ready, Started};
 use super::events::{compute, EventKind, Pattern, Source};
 use super::order::{InOrder, Step};
 use super::watch::{sleep_until, subscribe_commits, WatchConfig, REORDER_WAIT};
@@ -293,41 +294,29 @@ pub fn spawn(
     })?;
     let db = open_reader(dir, cfg.timeout)?;
     let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
-    let timeout = cfg.timeout;
-    std::thread::Builder::new()
-        .name("db-node-events".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let ready = ready_tx.clone();
-            let r = rt.block_on(run(
+    let wait = cfg.timeout + Duration::from_secs(1);
+    let (_, started) = background::start(
+        "db-node-events",
+        wait,
+        |e| e.to_string(),
+        move |ready: Ready<String>| async move {
+            run(
                 &db,
                 cfg,
                 pattern,
                 kind,
-                move || {
-                    let _ = ready.send(Ok(()));
-                },
+                move || ready.signal(),
                 |r| tx.send(r).is_ok(),
-            ));
-            if let Err(e) = r {
-                let _ = ready_tx.send(Err(e.to_string()));
-            }
-        })
-        .map_err(|e| Error::MasterUnavailable(format!("cannot start an events thread: {e}")))?;
-    match ready_rx.recv_timeout(timeout + Duration::from_secs(1)) {
-        Ok(Ok(())) => Ok(rx),
-        Ok(Err(e)) => Err(Error::MasterUnavailable(format!("cannot subscribe: {e}"))),
-        Err(_) => Err(Error::MasterUnavailable(
+            )
+            .await
+            .map_err(|e| e.to_string())
+        },
+    )
+    .map_err(|e| Error::MasterUnavailable(format!("cannot start an events thread: {e}")))?;
+    match started {
+        Started::Ready => Ok(rx),
+        Started::Failed(e) => Err(Error::MasterUnavailable(format!("cannot subscribe: {e}"))),
+        Started::TimedOut => Err(Error::MasterUnavailable(
             "cannot subscribe: no subscription in time".into(),
         )),
     }
