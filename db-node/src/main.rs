@@ -44,6 +44,13 @@ struct Cli {
         hide = true
     )]
     pause_before_commit_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "DB_NODE_TEST_PAUSE_AFTER_GRANT_MS",
+        global = true,
+        hide = true
+    )]
+    pause_after_grant_ms: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -199,6 +206,7 @@ fn ipc_config(cli: &Cli, url: &str) -> IpcOptions {
     cfg.namespace = cli.namespace.clone();
     cfg.timeout = Duration::from_millis(cli.ipc_timeout_ms.max(1));
     cfg.pause_before_commit = cli.pause_before_commit_ms.map(Duration::from_millis);
+    cfg.pause_after_grant = cli.pause_after_grant_ms.map(Duration::from_millis);
     cfg
 }
 

@@ -528,3 +528,43 @@ fn a_grant_whose_post_office_session_ended_is_fenced_at_the_commit() {
     }
     assert_eq!(get(&dir, &server.url, "users/alice"), "0");
 }
+
+#[test]
+fn a_grant_of_a_master_that_was_replaced_is_fenced_at_the_commit() {
+    let server = Server::start();
+    let dir = temp_db("replaced");
+    let mut first = master(&dir, &server.url);
+    set(&dir, &server.url, "users/alice", "0");
+    // a worker gets its lock from the first master, then stalls before its commit
+    let mut stale = Proc::spawn(&mut db_node(
+        &dir,
+        &server.url,
+        &[
+            "--nosync",
+            "--pause-after-grant-ms",
+            "2500",
+            "set",
+            "users/alice",
+            "1",
+        ],
+    ));
+    assert!(
+        stale.stderr.wait_for("granted; pausing", T).is_some(),
+        "the worker never got its lock"
+    );
+    // the master dies and another one takes over; its tokens start above the old ones
+    first.kill();
+    let _second = master(&dir, &server.url);
+    set(&dir, &server.url, "users/alice", "2");
+    // the stale worker wakes up with a lease that has not run out, a post-office session that
+    // is still alive, and a lock the new master never granted: refused at the commit
+    let status = stale
+        .wait_exit(Duration::from_secs(20))
+        .expect("the stale worker ends");
+    let err = stale.stderr.rest(T);
+    assert!(!status.success(), "a grant of a replaced master committed");
+    assert!(err.contains("earlier master"), "{err}");
+    assert_eq!(get(&dir, &server.url, "users/alice"), "2");
+    let (ok, out, err) = run(&mut db_node(&dir, &server.url, &["check"]), T);
+    assert!(ok, "check failed: {out} {err}");
+}

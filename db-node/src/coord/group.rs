@@ -84,6 +84,9 @@ pub struct IpcOptions {
     /// Test hook: sleep this long right before each commit is validated and written.
     #[doc(hidden)]
     pub pause_before_commit: Option<Duration>,
+    /// Test hook: sleep this long after each lock is granted, before the commit turn.
+    #[doc(hidden)]
+    pub pause_after_grant: Option<Duration>,
 }
 
 impl IpcOptions {
@@ -98,6 +101,7 @@ impl IpcOptions {
             lock_wait: Duration::from_secs(10),
             max_lease: Duration::from_secs(30),
             pause_before_commit: None,
+            pause_after_grant: None,
         }
     }
 
@@ -109,6 +113,7 @@ impl IpcOptions {
         cfg.timeout = self.timeout;
         cfg.lock_wait = self.lock_wait;
         cfg.pause_before_commit = self.pause_before_commit;
+        cfg.pause_after_grant = self.pause_after_grant;
         cfg
     }
 

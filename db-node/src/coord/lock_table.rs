@@ -74,6 +74,9 @@ pub struct Changes {
     pub expired: Vec<u64>,
     /// Ids of waiting requests dropped because their wait deadline passed.
     pub gave_up: Vec<u64>,
+    /// Fencing tokens of granted locks that ended (released, expired, owner gone): their
+    /// holders must not commit under them any more.
+    pub ended: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -202,8 +205,12 @@ impl LockTable {
     /// Release granted lock `id` (only by its owner) or withdraw a waiting request. Returns
     /// whether something was removed, and the requests that became grantable.
     pub fn release(&mut self, id: u64, owner: &Owner, now: Instant) -> (bool, Changes) {
+        let mut changes = Changes::default();
         let removed = match self.granted.get(&id) {
-            Some(g) if &g.owner == owner => self.granted.remove(&id).is_some(),
+            Some(g) if &g.owner == owner => {
+                changes.ended.push(g.token);
+                self.granted.remove(&id).is_some()
+            }
             Some(_) => false,
             None => {
                 let before = self.waiting.len();
@@ -211,7 +218,6 @@ impl LockTable {
                 before != self.waiting.len()
             }
         };
-        let mut changes = Changes::default();
         if removed {
             self.promote(now, &mut changes);
         }
@@ -222,9 +228,15 @@ impl LockTable {
     /// post office, or older sessions of a peer that came back).
     pub fn release_owners(&mut self, gone: impl Fn(&Owner) -> bool, now: Instant) -> Changes {
         let before = (self.granted.len(), self.waiting.len());
-        self.granted.retain(|_, g| !gone(&g.owner));
-        self.waiting.retain(|w| !gone(&w.owner));
         let mut changes = Changes::default();
+        self.granted.retain(|_, g| {
+            let keep = !gone(&g.owner);
+            if !keep {
+                changes.ended.push(g.token);
+            }
+            keep
+        });
+        self.waiting.retain(|w| !gone(&w.owner));
         if before != (self.granted.len(), self.waiting.len()) {
             self.promote(now, &mut changes);
         }
@@ -243,7 +255,9 @@ impl LockTable {
             .collect();
         expired.sort_unstable();
         for id in &expired {
-            self.granted.remove(id);
+            if let Some(g) = self.granted.remove(id) {
+                changes.ended.push(g.token);
+            }
         }
         let mut gave_up = Vec::new();
         self.waiting.retain(|w| {

@@ -16,6 +16,7 @@
 //! once; a worker that reconnects with a new session epoch loses those of its old session;
 //! a hung worker loses them when its lease runs out.
 
+use super::fence_map::FenceMap;
 use super::files::{namespace_for, FenceReserve, FileLockError, MasterLock};
 use super::lock_table::{Changes, LockTable, Outcome, Owner};
 use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
@@ -93,6 +94,8 @@ pub async fn run_master(
     let mut reserve = FenceReserve::load(&cfg.dir)?;
     let table = LockTable::new(fence.max(reserve.ceiling()));
     reserve.ensure(table.last_token() + 1)?;
+    // a new era in fence.map: every token of an earlier master is void from here on
+    let fences = FenceMap::start(&cfg.dir, table.last_token())?;
     let ns = cfg
         .namespace
         .clone()
@@ -111,6 +114,7 @@ pub async fn run_master(
         client: client.clone(),
         table,
         reserve,
+        fences,
         members: HashMap::new(),
         pending: HashMap::new(),
         max_lease: cfg.max_lease,
@@ -165,6 +169,8 @@ struct Master {
     client: Client,
     table: LockTable,
     reserve: FenceReserve,
+    /// Live tokens, for workers to check in their commit step.
+    fences: FenceMap,
     /// Session epoch of every member, from the welcome and later joined/left events.
     members: HashMap<String, u64>,
     /// Queued lock requests, by lock id, waiting for an answer.
@@ -262,6 +268,7 @@ impl Master {
                 self.reserve_for_promotion()?;
                 match self.table.request(owner, items, lease, deadline, now) {
                     Outcome::Granted(g) => {
+                        self.fences.set_live(g.token);
                         let reply = Reply::Granted {
                             id: g.id,
                             token: g.token,
@@ -296,8 +303,16 @@ impl Master {
         Ok(())
     }
 
-    /// Answer the requesters whose requests were granted or gave up.
+    /// Answer the requesters whose requests were granted or gave up. Ended locks are marked
+    /// in `fence.map` first, so their holders can no longer commit when the next holder of a
+    /// conflicting lock hears of its grant.
     async fn answer(&mut self, ch: Changes) {
+        for &t in &ch.ended {
+            self.fences.set_ended(t);
+        }
+        for g in &ch.granted {
+            self.fences.set_live(g.token);
+        }
         for g in ch.granted {
             if let Some(req) = self.pending.remove(&g.id) {
                 let lease = g.expires.saturating_duration_since(Instant::now());

@@ -8,6 +8,7 @@
 //! * [`lock_table`]: the master's hierarchical read/write lock table (pure data structure);
 //! * [`wire`]: the JSON messages between workers and the master;
 //! * [`files`]: `master.lock`, the commit turn and the fencing reservation;
+//! * [`fence_map`]: `fence.map`, the live fencing tokens that workers check at commit;
 //! * [`master`]: the master process loop;
 //! * [`worker`]: the lock provider that asks the master, and worker sessions;
 //! * [`announce`], [`watch`]: commit announcements and watching them;
@@ -18,6 +19,7 @@
 pub mod announce;
 mod background;
 pub mod events;
+pub mod fence_map;
 pub mod files;
 pub mod grants;
 pub mod group;

@@ -9,6 +9,7 @@
 //! The worker connects lazily, on its first write: reads never talk to anybody.
 
 use super::announce::{Announcement, COMMITS_SUBJECT};
+use super::fence_map::FenceMap;
 use super::files::namespace_for;
 use super::grants::{Give, Grants, MasterGrant, Take};
 use super::lock_table::Mode;
@@ -42,6 +43,9 @@ pub struct IpcConfig {
     /// Test hook: sleep this long right before each commit is validated and written (after
     /// the transaction wrote its pages), so a test can kill the worker mid-transaction.
     pub pause_before_commit: Option<Duration>,
+    /// Test hook: sleep this long after each lock is granted by the master, before the
+    /// commit turn is taken.
+    pub pause_after_grant: Option<Duration>,
 }
 
 impl IpcConfig {
@@ -55,6 +59,7 @@ impl IpcConfig {
             lock_wait: Duration::from_secs(10),
             lease: Duration::from_secs(30),
             pause_before_commit: None,
+            pause_after_grant: None,
         }
     }
 }
@@ -67,6 +72,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// it can be called from plain threads (not from inside another tokio runtime).
 pub struct IpcLocks {
     cfg: IpcConfig,
+    dir: std::path::PathBuf,
+    /// `fence.map`, mapped at the first commit.
+    fences: Mutex<Option<std::sync::Arc<FenceMap>>>,
     namespace: String,
     peer_id: String,
     rt: tokio::runtime::Runtime,
@@ -95,6 +103,8 @@ impl IpcLocks {
         Ok(IpcLocks {
             peer_id: format!("worker-{}-{nanos:x}", std::process::id()),
             cfg,
+            dir: dir.to_path_buf(),
+            fences: Mutex::new(None),
             namespace,
             rt,
             client: Mutex::new(None),
@@ -172,6 +182,16 @@ impl IpcLocks {
 }
 
 impl IpcLocks {
+    fn fence_map(&self) -> Result<std::sync::Arc<FenceMap>> {
+        let mut slot = lock(&self.fences);
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        let m = std::sync::Arc::new(FenceMap::open(&self.dir)?);
+        *slot = Some(m.clone());
+        Ok(m)
+    }
+
     /// The current post-office session: (epoch, connected now).
     fn session(&self) -> Option<(u64, bool)> {
         lock(&self.client)
@@ -229,6 +249,10 @@ impl LockProvider for IpcLocks {
                         epoch,
                     },
                 );
+                if let Some(p) = self.cfg.pause_after_grant {
+                    eprintln!("db-node: test hook: granted; pausing {p:?}");
+                    std::thread::sleep(p);
+                }
                 Ok(Grant {
                     paths: paths.to_vec(),
                     token,
@@ -291,13 +315,20 @@ impl LockProvider for IpcLocks {
             )));
         }
         match self.session() {
-            Some((epoch, true)) if epoch == h.epoch => Ok(()),
-            _ => Err(Error::Fenced(format!(
-                "lock {} (token {}) belonged to a post-office session that ended; the master \
-                 has dropped it",
-                h.id, grant.token
-            ))),
+            Some((epoch, true)) if epoch == h.epoch => {}
+            _ => {
+                return Err(Error::Fenced(format!(
+                    "lock {} (token {}) belonged to a post-office session that ended; the \
+                     master has dropped it",
+                    h.id, grant.token
+                )))
+            }
         }
+        // The master's own view, even if this process has not noticed yet that its lock was
+        // taken back (see `fence_map`).
+        self.fence_map()?
+            .check(grant.token)
+            .map_err(|why| Error::Fenced(format!("lock {}: {why}", h.id)))
     }
 }
 
