@@ -568,3 +568,85 @@ fn a_grant_of_a_master_that_was_replaced_is_fenced_at_the_commit() {
     let (ok, out, err) = run(&mut db_node(&dir, &server.url, &["check"]), T);
     assert!(ok, "check failed: {out} {err}");
 }
+
+#[test]
+fn a_worker_renews_the_lease_of_a_lock_it_holds_for_long() {
+    let server = Server::start();
+    let dir = temp_db("renew");
+    // leases of 600 ms; the transaction below takes 1.5 s in its commit step
+    let m = Proc::spawn(&mut db_node(
+        &dir,
+        &server.url,
+        &["master", "--max-lease-ms", "600"],
+    ));
+    assert!(m.stdout.wait_for("ready", T).is_some(), "no master");
+    set(&dir, &server.url, "users/alice", "0");
+    let (ok, _, err) = run(
+        &mut db_node(
+            &dir,
+            &server.url,
+            &[
+                "--nosync",
+                "--pause-before-commit-ms",
+                "1500",
+                "set",
+                "users/alice",
+                "1",
+            ],
+        ),
+        T,
+    );
+    assert!(ok, "a renewed lock was refused: {err}");
+    assert_eq!(get(&dir, &server.url, "users/alice"), "1");
+}
+
+/// A raw post-office peer speaking the master's JSON protocol.
+fn ask_master(
+    rt: &tokio::runtime::Runtime,
+    c: &ipc_client::Client,
+    json: serde_json::Value,
+) -> serde_json::Value {
+    let body = serde_json::to_vec(&json).unwrap();
+    let reply = rt
+        .block_on(c.request("master", &body, Some(Duration::from_secs(10))))
+        .expect("the master answers");
+    serde_json::from_slice(&reply).unwrap()
+}
+
+#[test]
+fn a_repeated_lock_request_gets_the_same_lock_and_a_cancelled_one_frees_it() {
+    let server = Server::start();
+    let dir = temp_db("rid");
+    let _m = master(&dir, &server.url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ns = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let connect = |id: &str| {
+        let opts = ipc_client::ClientOptions::new(server.url.clone(), ns.clone(), id);
+        rt.block_on(ipc_client::Client::connect(opts)).unwrap().0
+    };
+    let (a, b) = (connect("tester-a"), connect("tester-b"));
+    let lock = |rid: u64, wait_ms: u64| {
+        serde_json::json!({"op": "lock", "rid": rid, "items": [[["x"], "write"]],
+            "floor": 0, "lease_ms": 30000, "wait_ms": wait_ms})
+    };
+    let first = ask_master(&rt, &a, lock(7, 1000));
+    assert_eq!(first["reply"], "granted", "{first}");
+    // the same request again (a retry after a lost reply): the same lock, not a second one
+    let again = ask_master(&rt, &a, lock(7, 1000));
+    assert_eq!(again["reply"], "granted", "{again}");
+    assert_eq!(
+        (&again["id"], &again["token"]),
+        (&first["id"], &first["token"])
+    );
+    // while it is held, another peer waits in vain
+    let refused = ask_master(&rt, &b, lock(1, 200));
+    assert_eq!(refused["kind"], "timeout", "{refused}");
+    // the requester gives up on it: a cancel (a plain message) frees it at once
+    let cancel = serde_json::to_vec(&serde_json::json!({"op": "cancel", "rid": 7})).unwrap();
+    rt.block_on(a.send("master", &cancel)).unwrap();
+    let t = Instant::now();
+    let granted = ask_master(&rt, &b, lock(2, 5000));
+    assert_eq!(granted["reply"], "granted", "{granted}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(granted["token"].as_u64() > first["token"].as_u64());
+}

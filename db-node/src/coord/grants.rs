@@ -31,6 +31,8 @@ pub struct MasterGrant {
     /// Post-office session the grant belongs to: the master drops every lock of a session
     /// that ends, so a grant of an earlier session is void.
     pub epoch: u64,
+    /// The lease the master granted (renewals extend `expires` by as much).
+    pub lease: Duration,
 }
 
 struct Held {
@@ -196,6 +198,27 @@ impl Grants {
         }
     }
 
+    /// Grants held with less than half of their lease left: time to renew them.
+    pub fn due_for_renewal(&self, now: Instant) -> Vec<MasterGrant> {
+        self.lock()
+            .list
+            .iter()
+            .filter_map(|h| h.grant.as_ref())
+            .filter(|g| g.expires < now + g.lease / 2)
+            .cloned()
+            .collect()
+    }
+
+    /// The master renewed the lease of `token` (asked at `sent`).
+    pub fn renewed(&self, token: u64, sent: Instant) {
+        let mut e = self.lock();
+        for g in e.list.iter_mut().filter_map(|h| h.grant.as_mut()) {
+            if g.token == token {
+                g.expires = g.expires.max(sent + g.lease);
+            }
+        }
+    }
+
     /// The grant with `token`, if this process holds it.
     pub fn get(&self, token: u64) -> Option<MasterGrant> {
         self.lock()
@@ -223,7 +246,26 @@ mod tests {
             token,
             expires: *START.get_or_init(Instant::now) + Duration::from_secs(30),
             epoch: 1,
+            lease: Duration::from_secs(30),
         }
+    }
+
+    #[test]
+    fn grants_past_half_their_lease_are_due_for_renewal_and_renewal_extends_them() {
+        let g = Grants::default();
+        let t0 = Instant::now();
+        let short = MasterGrant {
+            expires: t0 + Duration::from_millis(400),
+            lease: Duration::from_secs(1),
+            ..grant(3)
+        };
+        g.granted(&paths("a"), short);
+        g.granted(&paths("b"), grant(4));
+        let due = g.due_for_renewal(t0);
+        assert_eq!(due.iter().map(|d| d.token).collect::<Vec<_>>(), vec![3]);
+        g.renewed(3, t0 + Duration::from_millis(100));
+        assert_eq!(g.get(3).unwrap().expires, t0 + Duration::from_millis(1100));
+        assert!(g.due_for_renewal(t0).is_empty());
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub async fn run_master(
         fences,
         members: HashMap::new(),
         pending: HashMap::new(),
+        by_rid: HashMap::new(),
         max_lease: cfg.max_lease,
     };
     ready(&ns);
@@ -175,6 +176,9 @@ struct Master {
     members: HashMap<String, u64>,
     /// Queued lock requests, by lock id, waiting for an answer.
     pending: HashMap<u64, IncomingRequest>,
+    /// Lock ids of the requests that carried a request id, so that a request sent again
+    /// gets the same lock and a cancel finds it.
+    by_rid: HashMap<(Owner, u64), u64>,
     max_lease: Duration,
 }
 
@@ -215,16 +219,22 @@ impl Master {
             Event::Request(req) => self.on_request(req, now).await?,
             // A release sent as a plain message (no reply): the worker does not wait for it.
             Event::Message { from, payload } => {
-                if let Ok(Request::Release { id }) = Request::decode(&payload) {
-                    let owner = Owner {
-                        epoch: self.members.get(&from).copied().unwrap_or(0),
-                        peer: from,
-                    };
-                    self.reserve_for_promotion()?;
-                    let (_, ch) = self.table.release(id, &owner, now);
-                    self.pending.remove(&id);
-                    self.answer(ch).await;
-                }
+                let owner = Owner {
+                    epoch: self.members.get(&from).copied().unwrap_or(0),
+                    peer: from,
+                };
+                let id = match Request::decode(&payload) {
+                    Ok(Request::Release { id }) => id,
+                    Ok(Request::Cancel { rid }) => match self.by_rid.get(&(owner.clone(), rid)) {
+                        Some(&id) => id,
+                        None => return Ok(()),
+                    },
+                    _ => return Ok(()),
+                };
+                self.reserve_for_promotion()?;
+                let (_, ch) = self.table.release(id, &owner, now);
+                self.pending.remove(&id);
+                self.answer(ch).await;
             }
             _ => {}
         }
@@ -257,17 +267,29 @@ impl Master {
         };
         match parsed {
             Request::Lock {
+                rid,
                 items,
                 floor,
                 lease_ms,
                 wait_ms,
             } => {
+                let req = match rid {
+                    0 => req,
+                    _ => match self.repeated(&owner, rid, req).await {
+                        Some(req) => req,
+                        None => return Ok(()),
+                    },
+                };
                 let lease = Duration::from_millis(lease_ms.max(1)).min(self.max_lease);
                 let deadline = (now + Duration::from_millis(wait_ms)).min(req.deadline);
                 self.table.raise_floor(floor);
                 self.reserve_for_promotion()?;
+                let key = (owner.clone(), rid);
                 match self.table.request(owner, items, lease, deadline, now) {
                     Outcome::Granted(g) => {
+                        if rid != 0 {
+                            self.by_rid.insert(key, g.id);
+                        }
                         self.fences.set_live(g.token);
                         let reply = Reply::Granted {
                             id: g.id,
@@ -277,6 +299,9 @@ impl Master {
                         let _ = self.client.reply(&req, &reply.encode()).await;
                     }
                     Outcome::Queued(id) => {
+                        if rid != 0 {
+                            self.by_rid.insert(key, id);
+                        }
                         self.pending.insert(id, req);
                     }
                 }
@@ -285,6 +310,21 @@ impl Master {
                 self.reserve_for_promotion()?;
                 let (held, ch) = self.table.release(id, &owner, now);
                 self.pending.remove(&id);
+                let _ = self
+                    .client
+                    .reply(&req, &Reply::Done { held }.encode())
+                    .await;
+                self.answer(ch).await;
+            }
+            Request::Cancel { rid } => {
+                let id = self.by_rid.get(&(owner.clone(), rid)).copied();
+                let (held, ch) = match id {
+                    Some(id) => self.table.release(id, &owner, now),
+                    None => (false, Changes::default()),
+                };
+                if let Some(id) = id {
+                    self.pending.remove(&id);
+                }
                 let _ = self
                     .client
                     .reply(&req, &Reply::Done { held }.encode())
@@ -301,6 +341,45 @@ impl Master {
             }
         }
         Ok(())
+    }
+
+    /// A lock request sent again (same owner and `rid`): answer with the lock already granted
+    /// for it, or let the new copy wait in place of the old one. Gives the request back when
+    /// it is not a repetition or the first request's lock is gone (then it is served anew).
+    async fn repeated(
+        &mut self,
+        owner: &Owner,
+        rid: u64,
+        req: IncomingRequest,
+    ) -> Option<IncomingRequest> {
+        let Some(&id) = self.by_rid.get(&(owner.clone(), rid)) else {
+            return Some(req);
+        };
+        if let Some(g) = self.table.get(id) {
+            let reply = Reply::Granted {
+                id,
+                token: g.token,
+                lease_ms: g
+                    .expires
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as u64,
+            };
+            let _ = self.client.reply(&req, &reply.encode()).await;
+            return None;
+        }
+        if let Some(old) = self.pending.get_mut(&id) {
+            *old = req;
+            return None;
+        }
+        self.by_rid.remove(&(owner.clone(), rid));
+        Some(req)
+    }
+
+    /// Forget the request ids of locks that are neither granted nor waiting any more.
+    fn forget_rids(&mut self) {
+        let (table, pending) = (&self.table, &self.pending);
+        self.by_rid
+            .retain(|_, id| table.get(*id).is_some() || pending.contains_key(id));
     }
 
     /// Answer the requesters whose requests were granted or gave up. Ended locks are marked
@@ -332,6 +411,9 @@ impl Master {
                 };
                 let _ = self.client.reply(&req, &reply.encode()).await;
             }
+        }
+        if self.by_rid.len() > 2 * (self.table.counts().0 + self.pending.len()) + 64 {
+            self.forget_rids();
         }
     }
 }

@@ -19,6 +19,10 @@ pub enum Request {
     /// the file (the master raises its counter to it). The master waits at most `wait_ms` for
     /// conflicting locks to go away, then answers [`ErrorKind::Timeout`].
     Lock {
+        /// The worker's id for this request (0: none). A request sent again with the same
+        /// `rid` in the same session gets the same lock, not a second one.
+        #[serde(default)]
+        rid: u64,
         items: Vec<(LockPath, Mode)>,
         floor: u64,
         lease_ms: u64,
@@ -26,6 +30,8 @@ pub enum Request {
     },
     /// Give a lock back.
     Release { id: u64 },
+    /// Withdraw lock request `rid`, granted or still waiting (the worker gave up on it).
+    Cancel { rid: u64 },
     /// Extend a lock's lease.
     Renew { id: u64, lease_ms: u64 },
 }
@@ -86,6 +92,7 @@ mod tests {
     #[test]
     fn messages_round_trip_as_json() {
         let r = Request::Lock {
+            rid: 9,
             items: vec![(vec!["users".into(), "alice".into()], Mode::Write)],
             floor: 3,
             lease_ms: 100,

@@ -64,6 +64,9 @@ impl IpcConfig {
     }
 }
 
+/// How often held grants are looked at for renewal.
+const RENEW_TICK: Duration = Duration::from_millis(100);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -80,7 +83,9 @@ pub struct IpcLocks {
     rt: tokio::runtime::Runtime,
     client: Mutex<Option<Client>>,
     /// Grants held from the master, handed between this process's threads.
-    grants: Grants,
+    grants: std::sync::Arc<Grants>,
+    /// Ids of lock requests (`rid`), unique within this process.
+    next_rid: std::sync::atomic::AtomicU64,
     /// Counts the master's departures seen in the post office, so a request in flight fails
     /// at once when the master dies instead of waiting for its deadline.
     master_left: tokio::sync::watch::Sender<u64>,
@@ -108,7 +113,8 @@ impl IpcLocks {
             namespace,
             rt,
             client: Mutex::new(None),
-            grants: Grants::default(),
+            grants: Default::default(),
+            next_rid: 1.into(),
             master_left: tokio::sync::watch::channel(0).0,
         })
     }
@@ -144,20 +150,61 @@ impl IpcLocks {
                 }
             }
         });
+        // Renew the leases of grants held for long (a long transaction, a long wait for the
+        // commit turn): a live worker keeps its locks, a stopped one loses them.
+        let (grants, c, timeout) = (self.grants.clone(), client.clone(), self.cfg.timeout);
+        self.rt.spawn(async move {
+            let mut tick = tokio::time::interval(RENEW_TICK);
+            loop {
+                tick.tick().await;
+                for g in grants.due_for_renewal(Instant::now()) {
+                    let sent = Instant::now();
+                    let lease_ms = g.lease.as_millis() as u64;
+                    let req = Request::Renew { id: g.id, lease_ms }.encode();
+                    if let Ok(b) = c.request(MASTER_PEER, &req, Some(timeout)).await {
+                        if let Ok(Reply::Done { held: true }) = Reply::decode(&b) {
+                            grants.renewed(g.token, sent);
+                        }
+                    }
+                }
+            }
+        });
         *slot = Some(client.clone());
         Ok(client)
     }
 
+    /// Ask the master and wait for its reply, at most `timeout + wait`. A request whose
+    /// connection dropped is sent again, with the same payload (a lock request keeps its
+    /// `rid`), once the client has reconnected by itself; the master may still be coming
+    /// back then, so "no master" is retried too after a drop. A request in flight fails at
+    /// once when the master leaves.
     fn ask(&self, req: &Request, wait: Duration) -> Result<Reply> {
         let client = self.client()?;
-        let deadline = self.cfg.timeout + wait;
+        let budget = self.cfg.timeout + wait;
+        let end = Instant::now() + budget;
         let payload = req.encode();
         let mut left = self.master_left.subscribe();
         left.mark_unchanged();
         let outcome = self.rt.block_on(async {
-            tokio::select! {
-                r = client.request(MASTER_PEER, &payload, Some(deadline)) => Some(r),
-                _ = left.changed() => None,
+            let mut dropped = false;
+            loop {
+                let remaining = end.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Some(Err(RequestError::Timeout));
+                }
+                let r = tokio::select! {
+                    r = client.request(MASTER_PEER, &payload, Some(remaining)) => r,
+                    _ = left.changed() => return None,
+                };
+                match r {
+                    Err(RequestError::Disconnected) => dropped = true,
+                    Err(RequestError::UnknownPeer(_)) if dropped => {}
+                    r => return Some(r),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                while !client.is_connected() && Instant::now() < end {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
         });
         let reply = match outcome {
@@ -171,13 +218,24 @@ impl IpcLocks {
                     Error::MasterUnavailable("no master has joined the namespace".into())
                 }
                 RequestError::Timeout => {
-                    Error::MasterUnavailable(format!("no reply within {deadline:?}"))
+                    Error::MasterUnavailable(format!("no reply within {budget:?}"))
                 }
                 e => Error::MasterUnavailable(e.to_string()),
             })?,
         };
         Reply::decode(&reply)
             .map_err(|e| Error::MasterUnavailable(format!("unreadable reply from the master: {e}")))
+    }
+
+    /// Send a message to the master without waiting for an answer (best effort).
+    fn tell(&self, req: &Request) {
+        if let Ok(client) = self.client() {
+            let payload = req.encode();
+            let timeout = self.cfg.timeout;
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(timeout, client.send(MASTER_PEER, &payload)).await
+            });
+        }
     }
 }
 
@@ -221,7 +279,11 @@ impl LockProvider for IpcLocks {
             .iter()
             .map(|p| (p.iter().map(|s| s.to_string()).collect(), Mode::Write))
             .collect();
+        let rid = self
+            .next_rid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = Request::Lock {
+            rid,
             items,
             floor,
             lease_ms: self.cfg.lease.as_millis() as u64,
@@ -231,6 +293,9 @@ impl LockProvider for IpcLocks {
         let reply = self.ask(&req, self.cfg.lock_wait);
         if !matches!(reply, Ok(Reply::Granted { .. })) {
             self.grants.refused(paths);
+            // The master may grant it after we gave up: withdraw it, so it is not held until
+            // our lease or our session ends.
+            self.tell(&Request::Cancel { rid });
         }
         match reply? {
             Reply::Granted {
@@ -247,6 +312,7 @@ impl LockProvider for IpcLocks {
                         token,
                         expires,
                         epoch,
+                        lease: Duration::from_millis(lease_ms),
                     },
                 );
                 if let Some(p) = self.cfg.pause_after_grant {
@@ -276,13 +342,7 @@ impl LockProvider for IpcLocks {
         // A plain message, not a request: nobody waits for it, so a write transaction costs
         // one round trip to the master. It reaches the master before anything this worker
         // sends later (per-sender FIFO). If it is lost, our leaving or the lease frees the lock.
-        if let Ok(client) = self.client() {
-            let payload = Request::Release { id: h.id }.encode();
-            let timeout = self.cfg.timeout;
-            let _ = self.rt.block_on(async {
-                tokio::time::timeout(timeout, client.send(MASTER_PEER, &payload)).await
-            });
-        }
+        self.tell(&Request::Release { id: h.id });
     }
 
     /// Publish the commit on [`COMMITS_SUBJECT`]: queued for the post office without waiting
