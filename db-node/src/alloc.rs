@@ -49,12 +49,17 @@ pub trait SpaceAllocator: Send {
     fn retired_pages(&self) -> usize {
         0
     }
+    /// Another process committed: `table` (with `page_count` pages) is the newest state.
+    fn adopt(&mut self, table: &AllocTable, page_count: u64);
 }
 
 /// The on-file allocation table of the current state: bitmap checkpoint plus allocation log.
 pub struct AllocTable {
     bits: Vec<u64>,
     bitmap_pages: Vec<PageId>,
+    /// Transaction stamp of each bitmap page: a page id with the same stamp holds the same
+    /// words, so [`AllocTable::reload`] can skip it.
+    stamps: Vec<u64>,
     index_page: PageId,
     delta: Vec<u64>,
 }
@@ -79,6 +84,42 @@ impl LocalAllocator {
     }
 }
 
+/// The allocation index page of a state, checked against the file size it claims.
+fn index(map: &Map, index_page: PageId, page_count: u64) -> Result<&[u8], String> {
+    let idx = map
+        .page(index_page)
+        .ok_or_else(|| format!("allocation index page {index_page} beyond the file end"))?;
+    if page::kind(idx) != KIND_INDEX {
+        return Err(format!("page {index_page} should be the allocation index"));
+    }
+    let n = page::count(idx);
+    let need = page_count.div_ceil(BITS_PER_PAGE) as usize;
+    if n != need || n > MAX_BITMAP_PAGES {
+        return Err(format!(
+            "allocation index lists {n} bitmap pages, {need} expected"
+        ));
+    }
+    Ok(idx)
+}
+
+/// Bitmap page #`i` named by index page `idx`, checked.
+fn bitmap_page<'m>(
+    map: &'m Map,
+    idx: &[u8],
+    i: usize,
+    page_count: u64,
+) -> Result<(PageId, &'m [u8]), String> {
+    let bp = page::rd64(idx, HEADER + 8 * i);
+    let b = map
+        .page(bp)
+        .filter(|_| bp < page_count)
+        .ok_or_else(|| format!("bitmap page {bp} beyond the file end"))?;
+    if page::kind(b) != KIND_BITMAP || page::link(b) != i as u64 {
+        return Err(format!("page {bp} should be bitmap page #{i}"));
+    }
+    Ok((bp, b))
+}
+
 impl AllocTable {
     /// Read the bitmap checkpoint of a committed state and replay its allocation log.
     pub fn load(
@@ -87,52 +128,104 @@ impl AllocTable {
         page_count: u64,
         delta: &[u64],
     ) -> Result<AllocTable, String> {
-        let idx = map
-            .page(index_page)
-            .ok_or_else(|| format!("allocation index page {index_page} beyond the file end"))?;
-        if page::kind(idx) != KIND_INDEX {
-            return Err(format!("page {index_page} should be the allocation index"));
-        }
+        let idx = index(map, index_page, page_count)?;
         let n = page::count(idx);
-        let need = page_count.div_ceil(BITS_PER_PAGE) as usize;
-        if n != need || n > MAX_BITMAP_PAGES {
-            return Err(format!(
-                "allocation index lists {n} bitmap pages, {need} expected"
-            ));
-        }
         let mut a = AllocTable {
             bits: vec![0; n * WORDS_PER_PAGE],
             bitmap_pages: Vec::with_capacity(n),
+            stamps: Vec::with_capacity(n),
             index_page,
             delta: delta.to_vec(),
         };
         for i in 0..n {
-            let bp = page::rd64(idx, HEADER + 8 * i);
-            let b = map
-                .page(bp)
-                .filter(|_| bp < page_count)
-                .ok_or_else(|| format!("bitmap page {bp} beyond the file end"))?;
-            if page::kind(b) != KIND_BITMAP || page::link(b) != i as u64 {
-                return Err(format!("page {bp} should be bitmap page #{i}"));
-            }
+            let (bp, b) = bitmap_page(map, idx, i, page_count)?;
             for w in 0..WORDS_PER_PAGE {
                 a.bits[i * WORDS_PER_PAGE + w] = page::rd64(b, HEADER + 8 * w);
             }
             a.bitmap_pages.push(bp);
+            a.stamps.push(page::txn(b));
         }
-        for &d in delta {
+        a.apply_delta(page_count)?;
+        Ok(a)
+    }
+
+    fn apply_delta(&mut self, page_count: u64) -> Result<(), String> {
+        for i in 0..self.delta.len() {
+            let d = self.delta[i];
             let p = d & !DELTA_ALLOC;
             if p >= page_count {
                 return Err(format!(
                     "allocation log names page {p} beyond the file's {page_count}"
                 ));
             }
-            a.set(p, d & DELTA_ALLOC != 0);
+            self.set(p, d & DELTA_ALLOC != 0);
         }
-        if !(a.get(0) && a.get(1) && a.get(index_page)) {
+        if !(self.get(0) && self.get(1) && self.get(self.index_page)) {
             return Err("allocation bitmap marks a meta or index page free".into());
         }
-        Ok(a)
+        Ok(())
+    }
+
+    /// Move to another committed state (a newer commit of another process) reading only what
+    /// changed: the bitmap pages whose id or stamp differs, and the allocation logs. Returns
+    /// the pages whose bit flipped. On error the table is unusable (load it again).
+    pub fn reload(
+        &mut self,
+        map: &Map,
+        index_page: PageId,
+        page_count: u64,
+        delta: &[u64],
+    ) -> Result<Vec<PageId>, String> {
+        let idx = index(map, index_page, page_count)?;
+        let n = page::count(idx);
+        let mut words: Vec<usize> = Vec::new();
+        let mut fresh: Vec<(usize, PageId, u64)> = Vec::new();
+        for i in 0..n {
+            let (bp, b) = bitmap_page(map, idx, i, page_count)?;
+            let stamp = page::txn(b);
+            if self.bitmap_pages.get(i) != Some(&bp) || self.stamps.get(i) != Some(&stamp) {
+                fresh.push((i, bp, stamp));
+                words.extend(i * WORDS_PER_PAGE..(i + 1) * WORDS_PER_PAGE);
+            }
+        }
+        for &d in self.delta.iter().chain(delta) {
+            words.push(((d & !DELTA_ALLOC) / 64) as usize);
+        }
+        words.sort_unstable();
+        words.dedup();
+        let old: Vec<u64> = words
+            .iter()
+            .map(|&w| self.bits.get(w).copied().unwrap_or(0))
+            .collect();
+        self.bits.resize(n * WORDS_PER_PAGE, 0);
+        self.bitmap_pages.resize(n, 0);
+        self.stamps.resize(n, 0);
+        for (i, bp, stamp) in fresh {
+            self.bitmap_pages[i] = bp;
+            self.stamps[i] = stamp;
+        }
+        for &w in &words {
+            let i = w / WORDS_PER_PAGE;
+            let b = self
+                .bitmap_pages
+                .get(i)
+                .and_then(|&bp| map.page(bp))
+                .ok_or_else(|| format!("allocation log names a page beyond bitmap page #{i}"))?;
+            self.bits[w] = page::rd64(b, HEADER + 8 * (w % WORDS_PER_PAGE));
+        }
+        self.index_page = index_page;
+        self.delta = delta.to_vec();
+        self.apply_delta(page_count)?;
+        let mut flipped = Vec::new();
+        for (&w, &was) in words.iter().zip(&old) {
+            let mut diff = was ^ self.bits.get(w).copied().unwrap_or(0);
+            while diff != 0 {
+                let b = diff.trailing_zeros() as u64;
+                flipped.push(w as u64 * 64 + b);
+                diff &= diff - 1;
+            }
+        }
+        Ok(flipped)
     }
 
     pub fn get(&self, p: PageId) -> bool {
@@ -193,8 +286,14 @@ impl AllocTable {
             space.retire(txn, retired.to_vec());
             return Ok(Vec::new());
         }
+        // The log is folded into the new bitmap pages: every bitmap page it touched is
+        // rewritten, not only those this commit touches.
+        let mut dirty: BTreeSet<usize> = self
+            .delta
+            .iter()
+            .map(|d| ((d & !DELTA_ALLOC) / BITS_PER_PAGE) as usize)
+            .collect();
         self.delta.clear();
-        let mut dirty = BTreeSet::new();
         for &p in allocated {
             self.set(p, true);
             dirty.insert((p / BITS_PER_PAGE) as usize);
@@ -222,6 +321,7 @@ impl AllocTable {
             }
             for i in self.bitmap_pages.len()..need {
                 self.bitmap_pages.push(0);
+                self.stamps.push(0);
                 dirty.insert(i);
             }
             let next = dirty.iter().copied().find(|i| !moved.contains(i));
@@ -230,6 +330,7 @@ impl AllocTable {
             self.set(np, true);
             dirty.insert((np / BITS_PER_PAGE) as usize);
             let old = std::mem::replace(&mut self.bitmap_pages[i], np);
+            self.stamps[i] = txn;
             if old != 0 {
                 gone.push(old);
             }
@@ -303,5 +404,123 @@ impl SpaceAllocator for LocalAllocator {
     }
     fn retired_pages(&self) -> usize {
         self.retired.iter().map(|(_, v)| v.len()).sum()
+    }
+    /// Rebuilt from the table (proportional to the file size).
+    fn adopt(&mut self, table: &AllocTable, page_count: u64) {
+        *self = LocalAllocator::from_table(table, page_count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::Meta;
+    use crate::store::DataFile;
+
+    /// A fresh data file, its table and a local allocator.
+    fn fresh(name: &str) -> (DataFile, AllocTable, LocalAllocator) {
+        let d = std::env::temp_dir().join(format!("dbnode-alloc-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join("data.db");
+        crate::open::create_file(&path).unwrap();
+        let (file, _) = DataFile::open(path).unwrap();
+        let m = Meta::decode(file.map.page(0).unwrap()).unwrap();
+        let t = AllocTable::load(&file.map, m.alloc_index, m.page_count, &m.delta).unwrap();
+        let a = LocalAllocator::from_table(&t, m.page_count);
+        (file, t, a)
+    }
+
+    /// Commit `alloc`/`retire` into `t`, write its pages, and return what a meta page would
+    /// name: (index page, page count, log).
+    fn commit(
+        file: &mut DataFile,
+        t: &mut AllocTable,
+        a: &mut LocalAllocator,
+        txn: u64,
+        alloc: &[PageId],
+        retire: &[PageId],
+    ) -> (PageId, u64, Vec<u64>) {
+        let extra = t.commit(txn, alloc, retire, a).unwrap();
+        file.ensure_pages(a.page_count()).unwrap();
+        // SAFETY: test file, nobody else maps it
+        unsafe { t.write_pages(&file.map, txn, &extra) };
+        a.reclaim(u64::MAX);
+        (t.index_page(), a.page_count(), t.delta().to_vec())
+    }
+
+    fn same(a: &AllocTable, b: &AllocTable, pages: u64) {
+        let diff: Vec<u64> = (0..pages).filter(|&p| a.get(p) != b.get(p)).collect();
+        assert!(diff.is_empty(), "tables differ at {diff:?}");
+    }
+
+    #[test]
+    fn a_log_folded_into_bitmap_pages_rewrites_every_page_it_touched_and_reload_follows() {
+        let (mut file, mut t, mut a) = fresh("fold");
+        let mut follower = AllocTable::load(&file.map, t.index_page(), 4, &[]).unwrap();
+        // grow past one bitmap page: a checkpoint with two bitmap pages
+        let many: Vec<PageId> = (0..BITS_PER_PAGE + 100)
+            .map(|_| a.allocate().unwrap())
+            .collect();
+        let mut txn = 1;
+        let (idx, pc, log) = commit(&mut file, &mut t, &mut a, txn, &many, &[]);
+        assert_eq!(t.bitmap_pages().len(), 2);
+        let flipped = follower.reload(&file.map, idx, pc, &log).unwrap();
+        assert!(flipped.len() >= many.len());
+        same(&follower, &t, pc);
+        // a checkpoint that moves the index page into the first bitmap page's range
+        txn += 1;
+        let (idx, pc, log) = commit(&mut file, &mut t, &mut a, txn, &[], &many[10..310]);
+        assert!(idx < BITS_PER_PAGE && log.is_empty());
+        follower.reload(&file.map, idx, pc, &log).unwrap();
+        same(&follower, &t, pc);
+        // a small logged change in the second bitmap page's range...
+        txn += 1;
+        let mut low_ones = Vec::new();
+        let high = loop {
+            let p = a.allocate().unwrap();
+            if p >= BITS_PER_PAGE {
+                break p;
+            }
+            low_ones.push(p);
+        };
+        for p in low_ones {
+            a.release(p);
+        }
+        let (idx, pc, log) = commit(&mut file, &mut t, &mut a, txn, &[high], &[]);
+        assert_eq!(log, vec![high | DELTA_ALLOC]);
+        assert_eq!(
+            follower.reload(&file.map, idx, pc, &log).unwrap(),
+            vec![high]
+        );
+        same(&follower, &t, pc);
+        // ...then a commit too big for the log that touches only the first page's range
+        txn += 1;
+        let low: Vec<PageId> = many[400..400 + MAX_DELTA].to_vec();
+        let before: Vec<bool> = (0..pc).map(|p| t.get(p)).collect();
+        let (idx, pc, log) = commit(&mut file, &mut t, &mut a, txn, &[], &low);
+        assert!(log.is_empty(), "a checkpoint of the bitmap");
+        // a table read from the file alone must hold the folded log entry too
+        let loaded = AllocTable::load(&file.map, idx, pc, &log).unwrap();
+        same(&loaded, &t, pc);
+        let mut flipped = follower.reload(&file.map, idx, pc, &log).unwrap();
+        flipped.sort_unstable();
+        let was = |p: u64| before.get(p as usize).copied().unwrap_or(false);
+        let expect: Vec<u64> = (0..pc).filter(|&p| was(p) != t.get(p)).collect();
+        assert_eq!(flipped, expect);
+        same(&follower, &t, pc);
+        // many small commits: the follower stays equal to a full load
+        for round in 0..40 {
+            txn += 1;
+            let p = a.allocate().unwrap();
+            let gone = [many[1000 + round]];
+            let (idx, pc, log) = commit(&mut file, &mut t, &mut a, txn, &[p], &gone);
+            follower.reload(&file.map, idx, pc, &log).unwrap();
+            same(
+                &follower,
+                &AllocTable::load(&file.map, idx, pc, &log).unwrap(),
+                pc,
+            );
+        }
     }
 }

@@ -538,15 +538,20 @@ impl Db {
             return Ok(());
         }
         w.file.ensure_pages(m.page_count)?;
-        let table =
-            AllocTable::load(&w.file.map, m.alloc_index, m.page_count, &m.delta).map_err(|d| {
-                Error::Corrupt {
+        // Read only what changed since the state this process knew (usually the allocation
+        // log in the meta page and a bitmap page or two); a full load if that fails.
+        let reloaded = w
+            .table
+            .reload(&w.file.map, m.alloc_index, m.page_count, &m.delta);
+        if reloaded.is_err() {
+            w.table = AllocTable::load(&w.file.map, m.alloc_index, m.page_count, &m.delta)
+                .map_err(|d| Error::Corrupt {
                     path: self.data_path.clone(),
                     detail: d,
-                }
-            })?;
-        w.space = Box::new(LocalAllocator::from_table(&table, m.page_count));
-        w.table = table;
+                })?;
+        }
+        let (table, space) = (&w.table, &mut w.space);
+        space.adopt(table, m.page_count);
         w.since = crate::commit::SinceCheckpoint {
             txn: m.txn,
             root: m.root,
