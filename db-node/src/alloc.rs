@@ -372,6 +372,25 @@ impl AllocTable {
     }
 }
 
+/// The space of a handle that never writes (the master's view of the files): it only follows
+/// the page count.
+pub struct NoSpace(pub u64);
+
+impl SpaceAllocator for NoSpace {
+    fn allocate(&mut self) -> Result<PageId, String> {
+        Err("this handle only reads the files".into())
+    }
+    fn release(&mut self, _page: PageId) {}
+    fn retire(&mut self, _txn: u64, _pages: Vec<PageId>) {}
+    fn reclaim(&mut self, _oldest: u64) {}
+    fn page_count(&self) -> u64 {
+        self.0
+    }
+    fn adopt(&mut self, _table: &AllocTable, page_count: u64) {
+        self.0 = page_count;
+    }
+}
+
 impl SpaceAllocator for LocalAllocator {
     fn allocate(&mut self) -> Result<PageId, String> {
         if let Some(p) = self.reusable.pop_first() {

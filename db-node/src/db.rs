@@ -527,7 +527,7 @@ impl Db {
     /// Adopt the newest commit in the data file (made by any process of the group): its meta,
     /// its allocation table, and a mapping that covers it. Cheap when this process made the
     /// last commit (nothing to do).
-    fn refresh_writer(&self, w: &mut Writer) -> Result<()> {
+    fn refresh_writer(&self, w: &mut Writer) -> Result<Refreshed> {
         let Some((slot, m)) = newest_checkpoint(&w.file.map) else {
             return Err(Error::Corrupt {
                 path: self.data_path.clone(),
@@ -535,21 +535,31 @@ impl Db {
             });
         };
         if m.txn == w.meta.txn && w.failed.is_none() {
-            return Ok(());
+            return Ok(Refreshed::default());
         }
         w.file.ensure_pages(m.page_count)?;
         // Read only what changed since the state this process knew (usually the allocation
         // log in the meta page and a bitmap page or two); a full load if that fails.
-        let reloaded = w
+        let refreshed = match w
             .table
-            .reload(&w.file.map, m.alloc_index, m.page_count, &m.delta);
-        if reloaded.is_err() {
-            w.table = AllocTable::load(&w.file.map, m.alloc_index, m.page_count, &m.delta)
-                .map_err(|d| Error::Corrupt {
-                    path: self.data_path.clone(),
-                    detail: d,
-                })?;
-        }
+            .reload(&w.file.map, m.alloc_index, m.page_count, &m.delta)
+        {
+            Ok(flipped) => Refreshed {
+                flipped,
+                full: false,
+            },
+            Err(_) => {
+                w.table = AllocTable::load(&w.file.map, m.alloc_index, m.page_count, &m.delta)
+                    .map_err(|d| Error::Corrupt {
+                        path: self.data_path.clone(),
+                        detail: d,
+                    })?;
+                Refreshed {
+                    flipped: Vec::new(),
+                    full: true,
+                }
+            }
+        };
         let (table, space) = (&w.table, &mut w.space);
         space.adopt(table, m.page_count);
         w.since = crate::commit::SinceCheckpoint {
@@ -566,7 +576,37 @@ impl Db {
         };
         w.failed = None;
         self.fence_seen.fetch_max(w.meta.fence, Ordering::Relaxed);
-        Ok(())
+        Ok(refreshed)
+    }
+
+    /// A group member's handle follows the allocation state of the files (the master does,
+    /// for its allocation table): adopt the newest commit under the shared turn, waiting at
+    /// most `wait` for it (`None` if it stayed busy), and call `f` with the table, the page
+    /// count and what changed since the last call.
+    pub(crate) fn follow_alloc<R>(
+        &self,
+        wait: Duration,
+        f: impl FnOnce(&AllocTable, u64, &Refreshed) -> R,
+    ) -> Result<Option<R>> {
+        let g = self
+            .group
+            .as_ref()
+            .ok_or_else(|| Error::Aborted("only a group member follows the files".into()))?;
+        let mut w = lock(&self.writer);
+        let _turn = match g.turn.shared_for(wait) {
+            Ok(t) => t,
+            Err(Error::LockTimeout(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let r = self.refresh_writer(&mut w)?;
+        Ok(Some(f(&w.table, w.meta.page_count, &r)))
+    }
+
+    /// Where this handle's writer gets file space (a group member: from the master).
+    pub(crate) fn set_space(&self, space: impl FnOnce(u64) -> Box<dyn SpaceAllocator>) {
+        let mut w = lock(&self.writer);
+        let pc = w.space.page_count();
+        w.space = space(pc);
     }
 
     fn run<R>(
@@ -594,7 +634,7 @@ impl Db {
 
     fn refresh_writer_if_group(&self, w: &mut Writer) -> Result<()> {
         match self.group {
-            Some(_) => self.refresh_writer(w),
+            Some(_) => self.refresh_writer(w).map(|_| ()),
             None => Ok(()),
         }
     }
@@ -693,6 +733,15 @@ impl Writer {
 
 /// The newest valid checkpoint among the data file's two meta slots, and its slot. Group
 /// members only read it in the turn, so no meta page is being written meanwhile.
+/// What adopting a newer commit changed in the allocation table.
+#[derive(Debug, Default)]
+pub(crate) struct Refreshed {
+    /// Pages whose state (in use / free) flipped.
+    pub flipped: Vec<PageId>,
+    /// The table was loaded whole: `flipped` is unknown.
+    pub full: bool,
+}
+
 fn newest_checkpoint(map: &Map) -> Option<(u64, Meta)> {
     (0..2u64)
         .filter_map(|i| Some((i, Meta::decode(map.page(i)?).ok()?)))

@@ -108,7 +108,12 @@ impl Turn {
 
     /// Take the turn shared, for a snapshot.
     pub fn shared(self: &Arc<Self>) -> Result<SharedTurn> {
-        let deadline = Instant::now() + self.wait;
+        self.shared_for(self.wait)
+    }
+
+    /// Take the turn shared, waiting at most `wait`.
+    pub fn shared_for(self: &Arc<Self>, wait: Duration) -> Result<SharedTurn> {
+        let deadline = Instant::now() + wait;
         let mut st = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if st.count > 0 {

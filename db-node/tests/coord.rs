@@ -650,3 +650,55 @@ fn a_repeated_lock_request_gets_the_same_lock_and_a_cancelled_one_frees_it() {
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(granted["token"].as_u64() > first["token"].as_u64());
 }
+
+fn file_mib(dir: &std::path::Path) -> f64 {
+    std::fs::metadata(dir.join("data.db")).unwrap().len() as f64 / (1 << 20) as f64
+}
+
+#[test]
+fn file_space_held_by_dead_or_finished_workers_goes_back_to_the_master() {
+    let server = Server::start();
+    let dir = temp_db("space");
+    let _m = master(&dir, &server.url);
+    set(&dir, &server.url, "warm", "1");
+    // 30 workers one after the other: each gets a pool of pages with its lock and leaves
+    // with most of it unused; the master takes the rest back when it leaves
+    for i in 0..30 {
+        set(&dir, &server.url, &format!("small/{i}"), "1");
+    }
+    let after_small = file_mib(&dir);
+    assert!(
+        after_small < 3.0,
+        "{after_small:.1} MiB after 30 small writes"
+    );
+    // 10 workers SIGKILLed in the commit step, after writing the pages of a 100 KB value
+    let big = format!("\"{}\"", "x".repeat(100_000));
+    for i in 0..10 {
+        let mut w = Proc::spawn(&mut db_node(
+            &dir,
+            &server.url,
+            &[
+                "--nosync",
+                "--pause-before-commit-ms",
+                "5000",
+                "set",
+                &format!("big/{i}"),
+                &big,
+            ],
+        ));
+        assert!(w.stderr.wait_for("pausing", T).is_some(), "no lock");
+        w.kill();
+    }
+    // their writes are invisible; the space they held is reused by the next writers
+    for i in 0..10 {
+        set(&dir, &server.url, &format!("big/{i}"), &big);
+    }
+    let end = file_mib(&dir);
+    eprintln!("sizes: {after_small:.2} MiB, {end:.2} MiB");
+    // 10 committed values need ~4 MiB with their pages; without the space of the dead
+    // workers coming back the file would be more than 10 MiB bigger
+    assert!(end < after_small + 8.0, "{end:.1} MiB at the end");
+    let (ok, out, err) = run(&mut db_node(&dir, &server.url, &["check"]), T);
+    assert!(ok, "check failed: {out} {err}");
+    assert_eq!(get(&dir, &server.url, "big/3").len(), big.len());
+}

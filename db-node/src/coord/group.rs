@@ -22,6 +22,7 @@ use super::events::EventKind;
 use super::files::{FileLockError, MasterLock};
 use super::master::{run_master, MasterConfig, MasterError};
 use super::realtime::Received;
+use super::space_pool::GrantedSpace;
 use super::watch::{watch, WatchConfig, Watched};
 use super::worker::{IpcConfig, IpcLocks};
 use crate::error::{Error, Result};
@@ -171,12 +172,14 @@ pub(crate) fn open_member(dir: &Path, options: Options, ipc: IpcOptions) -> Resu
         dir,
         Options {
             durability: options.durability,
-            locks: Some(locks),
+            locks: Some(locks.clone()),
             coordinated: true,
             turn_wait: Some(ipc.lock_wait),
             ipc: None,
         },
     )?;
+    // file space comes from the master, with the locks
+    db.set_space(|pc| Box::new(GrantedSpace::new(locks, pc)));
     Ok(db.with_membership(Membership {
         master,
         options: ipc,

@@ -19,7 +19,11 @@
 use super::fence_map::FenceMap;
 use super::files::{namespace_for, FenceReserve, FileLockError, MasterLock};
 use super::lock_table::{Changes, LockTable, Outcome, Owner};
+use super::pages::PageRanges;
+use super::space::SpaceTable;
+use super::space_pool::TOP_UP;
 use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
+use crate::alloc::NoSpace;
 use crate::error::Error;
 use crate::store::ProcessLock;
 use crate::{Db, Options};
@@ -81,16 +85,24 @@ pub async fn run_master(
         _master: master,
         _dir: dir_lock,
     };
-    let fence = {
-        let db = Db::open(
-            &cfg.dir,
-            Options {
-                coordinated: true,
-                ..Options::default()
-            },
-        )?;
-        db.fence_high_water()
-    };
+    // The master's own view of the files: it never writes through it, it follows the
+    // allocation state (see `space`).
+    let db = Db::open(
+        &cfg.dir,
+        Options {
+            coordinated: true,
+            ..Options::default()
+        },
+    )?;
+    db.set_space(|pc| Box::new(NoSpace(pc)));
+    let fence = db.fence_high_water();
+    let space = db
+        .follow_alloc(Duration::from_secs(10), |table, pc, _| {
+            SpaceTable::new(pc, |p| table.get(p))
+        })?
+        .ok_or_else(|| {
+            Error::LockTimeout("the commit turn stayed busy while the master started".into())
+        })?;
     let mut reserve = FenceReserve::load(&cfg.dir)?;
     let table = LockTable::new(fence.max(reserve.ceiling()));
     reserve.ensure(table.last_token() + 1)?;
@@ -114,7 +126,10 @@ pub async fn run_master(
         client: client.clone(),
         table,
         reserve,
+        era: fences.base(),
         fences,
+        db,
+        space,
         members: HashMap::new(),
         pending: HashMap::new(),
         by_rid: HashMap::new(),
@@ -132,6 +147,9 @@ pub async fn run_master(
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 if let Err(e) = m.reserve_for_promotion() {
                     break Err(e.into());
+                }
+                if m.space.settling_pages() > 0 {
+                    m.follow();
                 }
                 let ch = m.table.expire(Instant::now());
                 m.answer(ch).await;
@@ -166,16 +184,27 @@ async fn connect_retrying(
     }
 }
 
+/// How long the master waits for the commit turn to look at the files' allocation state.
+const FOLLOW_WAIT: Duration = Duration::from_millis(2);
+/// Most pages one request gets.
+const MAX_PAGES_PER_GRANT: u64 = 1 << 16;
+
 struct Master {
     client: Client,
     table: LockTable,
     reserve: FenceReserve,
     /// Live tokens, for workers to check in their commit step.
     fences: FenceMap,
+    /// This master's era: the pages it hands out belong to it.
+    era: u64,
+    /// Its view of the files, to follow the allocation state.
+    db: Db,
+    /// Its allocation table.
+    space: SpaceTable,
     /// Session epoch of every member, from the welcome and later joined/left events.
     members: HashMap<String, u64>,
-    /// Queued lock requests, by lock id, waiting for an answer.
-    pending: HashMap<u64, IncomingRequest>,
+    /// Queued lock requests, by lock id, waiting for an answer (with the pages they want).
+    pending: HashMap<u64, (IncomingRequest, u64)>,
     /// Lock ids of the requests that carried a request id, so that a request sent again
     /// gets the same lock and a cancel finds it.
     by_rid: HashMap<(Owner, u64), u64>,
@@ -192,28 +221,28 @@ impl Master {
                 self.reserve_for_promotion()?;
                 // (Re)connected: sessions not in the member list are over (after a post-office
                 // restart every session is new), so their locks go.
-                let ch = self
-                    .table
-                    .release_owners(|o| members.get(&o.peer) != Some(&o.epoch), now);
+                let gone = |o: &Owner| members.get(&o.peer) != Some(&o.epoch);
+                self.space.owners_gone(gone);
+                let ch = self.table.release_owners(gone, now);
                 self.answer(ch).await;
             }
             Event::Joined { peer, epoch } => {
                 self.members.insert(peer.clone(), epoch);
                 self.reserve_for_promotion()?;
-                let ch = self
-                    .table
-                    .release_owners(|o| o.peer == peer && o.epoch < epoch, now);
+                let gone = |o: &Owner| o.peer == peer && o.epoch < epoch;
+                self.space.owners_gone(gone);
+                let ch = self.table.release_owners(gone, now);
                 self.answer(ch).await;
             }
             Event::Left { peer, epoch, .. } => {
                 if self.members.get(&peer) == Some(&epoch) {
                     self.members.remove(&peer);
                 }
-                self.pending.retain(|_, r| r.from != peer);
+                self.pending.retain(|_, (r, _)| r.from != peer);
                 self.reserve_for_promotion()?;
-                let ch = self
-                    .table
-                    .release_owners(|o| o.peer == peer && o.epoch <= epoch, now);
+                let gone = |o: &Owner| o.peer == peer && o.epoch <= epoch;
+                self.space.owners_gone(gone);
+                let ch = self.table.release_owners(gone, now);
                 self.answer(ch).await;
             }
             Event::Request(req) => self.on_request(req, now).await?,
@@ -272,7 +301,10 @@ impl Master {
                 floor,
                 lease_ms,
                 wait_ms,
+                pages,
+                used,
             } => {
+                self.space.used(&owner, &PageRanges::from_wire(&used));
                 let req = match rid {
                     0 => req,
                     _ => match self.repeated(&owner, rid, req).await {
@@ -295,6 +327,8 @@ impl Master {
                             id: g.id,
                             token: g.token,
                             lease_ms: lease.as_millis() as u64,
+                            pages: self.give_pages(&g.owner, pages, true),
+                            era: self.era,
                         };
                         let _ = self.client.reply(&req, &reply.encode()).await;
                     }
@@ -302,7 +336,7 @@ impl Master {
                         if rid != 0 {
                             self.by_rid.insert(key, id);
                         }
-                        self.pending.insert(id, req);
+                        self.pending.insert(id, (req, pages));
                     }
                 }
             }
@@ -315,6 +349,15 @@ impl Master {
                     .reply(&req, &Reply::Done { held }.encode())
                     .await;
                 self.answer(ch).await;
+            }
+            Request::Space { pages, used } => {
+                self.space.used(&owner, &PageRanges::from_wire(&used));
+                // sent from inside a commit step: the turn is taken, do not wait for it
+                let reply = Reply::Space {
+                    pages: self.give_pages(&owner, pages, false),
+                    era: self.era,
+                };
+                let _ = self.client.reply(&req, &reply.encode()).await;
             }
             Request::Cancel { rid } => {
                 let id = self.by_rid.get(&(owner.clone(), rid)).copied();
@@ -356,6 +399,8 @@ impl Master {
             return Some(req);
         };
         if let Some(g) = self.table.get(id) {
+            // (pages sent with the first reply, if it was lost, stay this session's until
+            // it ends)
             let reply = Reply::Granted {
                 id,
                 token: g.token,
@@ -363,16 +408,49 @@ impl Master {
                     .expires
                     .saturating_duration_since(Instant::now())
                     .as_millis() as u64,
+                pages: Vec::new(),
+                era: self.era,
             };
             let _ = self.client.reply(&req, &reply.encode()).await;
             return None;
         }
-        if let Some(old) = self.pending.get_mut(&id) {
+        if let Some((old, _)) = self.pending.get_mut(&id) {
             *old = req;
             return None;
         }
         self.by_rid.remove(&(owner.clone(), rid));
         Some(req)
+    }
+
+    /// Hand `want` pages to `owner` (`[start, count]` ranges). When free pages run short and
+    /// `may_wait`, first look at the files for pages freed since (waiting a moment for the
+    /// commit turn); else the file grows.
+    fn give_pages(&mut self, owner: &Owner, want: u64, may_wait: bool) -> Vec<(u64, u64)> {
+        if want == 0 {
+            return Vec::new();
+        }
+        if may_wait && (self.space.free_pages() < want || self.space.settling_pages() > TOP_UP) {
+            self.follow();
+        }
+        self.space
+            .grant(owner, want.min(MAX_PAGES_PER_GRANT))
+            .to_wire()
+    }
+
+    /// Catch up with the files' allocation state (see `space`). Skipped when the commit turn
+    /// stays busy for [`FOLLOW_WAIT`]: the next look catches up.
+    fn follow(&mut self) {
+        let space = &mut self.space;
+        let r = self.db.follow_alloc(FOLLOW_WAIT, |table, pc, changed| {
+            if changed.full {
+                space.rebuild(pc, |p| table.get(p));
+            } else {
+                space.follow(pc, &changed.flipped, |p| table.get(p));
+            }
+        });
+        if let Err(e) = r {
+            eprintln!("db-node master: cannot read the allocation state: {e}");
+        }
     }
 
     /// Forget the request ids of locks that are neither granted nor waiting any more.
@@ -393,18 +471,20 @@ impl Master {
             self.fences.set_live(g.token);
         }
         for g in ch.granted {
-            if let Some(req) = self.pending.remove(&g.id) {
+            if let Some((req, want)) = self.pending.remove(&g.id) {
                 let lease = g.expires.saturating_duration_since(Instant::now());
                 let reply = Reply::Granted {
                     id: g.id,
                     token: g.token,
                     lease_ms: lease.as_millis() as u64,
+                    pages: self.give_pages(&g.owner, want, true),
+                    era: self.era,
                 };
                 let _ = self.client.reply(&req, &reply.encode()).await;
             }
         }
         for id in ch.gave_up {
-            if let Some(req) = self.pending.remove(&id) {
+            if let Some((req, _)) = self.pending.remove(&id) {
                 let reply = Reply::Error {
                     kind: ErrorKind::Timeout,
                     message: "conflicting locks were still held".into(),

@@ -27,6 +27,19 @@ pub enum Request {
         floor: u64,
         lease_ms: u64,
         wait_ms: u64,
+        /// File pages wanted with the lock (0: none).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        pages: u64,
+        /// Pages of earlier grants that this worker's commits used since its last report,
+        /// as `[start, count]` ranges.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        used: Vec<(u64, u64)>,
+    },
+    /// File pages wanted now (a commit step ran out), plus the used-pages report.
+    Space {
+        pages: u64,
+        #[serde(default)]
+        used: Vec<(u64, u64)>,
     },
     /// Give a lock back.
     Release { id: u64 },
@@ -45,6 +58,17 @@ pub enum Reply {
         id: u64,
         token: u64,
         lease_ms: u64,
+        /// File pages now owned by the worker, as `[start, count]` ranges.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pages: Vec<(u64, u64)>,
+        /// The master's era (its `fence.map` base) the pages belong to.
+        #[serde(default)]
+        era: u64,
+    },
+    /// Answer to `Space`.
+    Space {
+        pages: Vec<(u64, u64)>,
+        era: u64,
     },
     /// Answer to `Release`/`Renew`: whether the lock was still held.
     Done {
@@ -64,6 +88,10 @@ pub enum ErrorKind {
     Timeout,
     /// The request did not parse or made no sense.
     BadRequest,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Request {
@@ -97,9 +125,12 @@ mod tests {
             floor: 3,
             lease_ms: 100,
             wait_ms: 50,
+            pages: 256,
+            used: vec![(10, 4)],
         };
         let text = String::from_utf8(r.encode()).unwrap();
         assert!(text.contains("\"op\":\"lock\"") && text.contains("\"write\""));
+        assert!(text.contains("\"used\":[[10,4]]"), "{text}");
         assert_eq!(Request::decode(text.as_bytes()).unwrap(), r);
         let e = Reply::Error {
             kind: ErrorKind::Timeout,

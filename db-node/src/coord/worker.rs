@@ -13,6 +13,8 @@ use super::fence_map::FenceMap;
 use super::files::namespace_for;
 use super::grants::{Give, Grants, MasterGrant, Take};
 use super::lock_table::Mode;
+use super::pages::PageRanges;
+use super::space_pool::{Ask, SpacePool};
 use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
 use crate::error::{Error, Result};
 use crate::lock::{Grant, LockProvider};
@@ -84,6 +86,8 @@ pub struct IpcLocks {
     client: Mutex<Option<Client>>,
     /// Grants held from the master, handed between this process's threads.
     grants: std::sync::Arc<Grants>,
+    /// File pages from the master (see `space_pool`).
+    pool: SpacePool,
     /// Ids of lock requests (`rid`), unique within this process.
     next_rid: std::sync::atomic::AtomicU64,
     /// Counts the master's departures seen in the post office, so a request in flight fails
@@ -115,6 +119,7 @@ impl IpcLocks {
             client: Mutex::new(None),
             grants: Default::default(),
             next_rid: 1.into(),
+            pool: SpacePool::default(),
             master_left: tokio::sync::watch::channel(0).0,
         })
     }
@@ -240,6 +245,41 @@ impl IpcLocks {
 }
 
 impl IpcLocks {
+    pub(crate) fn pool(&self) -> &SpacePool {
+        &self.pool
+    }
+
+    /// The era of the current master (its `fence.map` base).
+    pub(crate) fn era(&self) -> Result<u64> {
+        Ok(self.fence_map()?.base())
+    }
+
+    /// Ask the master for `want` pages now (from inside a commit step).
+    pub(crate) fn ask_space(&self, want: u64) -> Result<()> {
+        let ask = self.pool.ask_now(want);
+        let req = Request::Space {
+            pages: want,
+            used: ask.used.to_wire(),
+        };
+        match self.ask(&req, Duration::ZERO) {
+            Ok(Reply::Space { pages, era }) => {
+                self.pool
+                    .answered(ask, Some((era, PageRanges::from_wire(&pages))));
+                Ok(())
+            }
+            Ok(other) => {
+                self.pool.answered(ask, None);
+                Err(Error::MasterUnavailable(format!(
+                    "unexpected reply to a space request: {other:?}"
+                )))
+            }
+            Err(e) => {
+                self.pool.answered(ask, None);
+                Err(e)
+            }
+        }
+    }
+
     fn fence_map(&self) -> Result<std::sync::Arc<FenceMap>> {
         let mut slot = lock(&self.fences);
         if let Some(m) = slot.as_ref() {
@@ -282,15 +322,26 @@ impl LockProvider for IpcLocks {
         let rid = self
             .next_rid
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let space: Ask = self.pool.ask();
         let req = Request::Lock {
             rid,
             items,
             floor,
             lease_ms: self.cfg.lease.as_millis() as u64,
             wait_ms: self.cfg.lock_wait.as_millis() as u64,
+            pages: space.want,
+            used: space.used.to_wire(),
         };
         let sent = Instant::now();
         let reply = self.ask(&req, self.cfg.lock_wait);
+        match &reply {
+            Ok(Reply::Granted { pages, era, .. }) => self
+                .pool
+                .answered(space, Some((*era, PageRanges::from_wire(pages)))),
+            // a refusal from the master still took the report
+            Ok(_) => self.pool.answered(space, Some((0, PageRanges::default()))),
+            Err(_) => self.pool.answered(space, None),
+        }
         if !matches!(reply, Ok(Reply::Granted { .. })) {
             self.grants.refused(paths);
             // The master may grant it after we gave up: withdraw it, so it is not held until
@@ -302,6 +353,7 @@ impl LockProvider for IpcLocks {
                 id,
                 token,
                 lease_ms,
+                ..
             } => {
                 let expires = sent + Duration::from_millis(lease_ms);
                 let epoch = self.session().map_or(0, |(epoch, _)| epoch);
