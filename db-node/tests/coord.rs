@@ -34,11 +34,10 @@ fn a_second_master_and_an_uncoordinated_open_are_refused() {
 fn concurrent_master_starts_yield_exactly_one_master() {
     let server = Server::start();
     let dir = temp_db("race");
-    // 10 rounds of 20 simultaneous starts, each round right after the previous master was
-    // SIGKILLed
-    let rounds = 10;
-    let per_round = 20;
-    for round in 0..rounds {
+    // 100 rounds of 2 simultaneous starts, then 5 rounds of 20, each round right after the
+    // previous master was SIGKILLed
+    let plan = std::iter::repeat_n(2, 100).chain(std::iter::repeat_n(20, 5));
+    for (round, per_round) in plan.enumerate() {
         let mut procs: Vec<Proc> = (0..per_round)
             .map(|_| Proc::spawn(&mut db_node(&dir, &server.url, &["master"])))
             .collect();

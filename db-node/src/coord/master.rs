@@ -243,6 +243,10 @@ impl Master {
                 let gone = |o: &Owner| o.peer == peer && o.epoch <= epoch;
                 self.space.owners_gone(gone);
                 let ch = self.table.release_owners(gone, now);
+                // its pages come back now if the turn is free (else at the next look)
+                if self.space.settling_pages() > 0 {
+                    self.follow();
+                }
                 self.answer(ch).await;
             }
             Event::Request(req) => self.on_request(req, now).await?,
