@@ -701,3 +701,81 @@ fn file_space_held_by_dead_or_finished_workers_goes_back_to_the_master() {
     assert!(ok, "check failed: {out} {err}");
     assert_eq!(get(&dir, &server.url, "big/3").len(), big.len());
 }
+
+#[test]
+fn workers_that_outlive_several_masters_keep_the_files_consistent() {
+    use db_node::{Db, Durability, Error, IpcOptions, Options, Role, Value};
+    let server = Server::start();
+    let dir = temp_db("eras");
+    let mut m = master(&dir, &server.url);
+    let open = || {
+        let mut ipc = IpcOptions::new(server.url.clone());
+        ipc.role = Role::Worker;
+        ipc.timeout = Duration::from_millis(1000);
+        Db::open(
+            &dir,
+            Options {
+                durability: Durability::NoSync,
+                ipc: Some(ipc),
+                ..Options::default()
+            },
+        )
+        .expect("open a worker")
+    };
+    let workers = [open(), open()];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let written = std::thread::scope(|s| {
+        let handles: Vec<_> = workers
+            .iter()
+            .enumerate()
+            .flat_map(|(w, db)| (0..2).map(move |t| (w, t, db)))
+            .map(|(w, t, db)| {
+                let stop = &stop;
+                s.spawn(move || {
+                    // values of 3 KB: every commit takes pages from the process's pool
+                    let value = Value::from("v".repeat(3000));
+                    let mut ok = Vec::new();
+                    let mut i = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let path = format!("w{w}/t{t}/{i}");
+                        match db.set(&path, value.clone()) {
+                            Ok(_) => ok.push(path),
+                            Err(Error::MasterUnavailable(_)) | Err(Error::Fenced(_)) => {
+                                std::thread::sleep(Duration::from_millis(20))
+                            }
+                            Err(e) => panic!("unexpected error {e}"),
+                        }
+                        i += 1;
+                    }
+                    ok
+                })
+            })
+            .collect();
+        // the master is SIGKILLed and replaced four times under the load
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(400));
+            m.kill();
+            m = master(&dir, &server.url);
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("writer thread"))
+            .collect::<Vec<_>>()
+    });
+    assert!(written.len() > 100, "only {} writes", written.len());
+    // every write that succeeded is there, and the files are consistent
+    for path in &written {
+        assert_ne!(
+            workers[0].get(path).expect("get"),
+            Value::Null,
+            "{path} lost"
+        );
+    }
+    let report = workers[1].check();
+    assert!(report.ok(), "{:?}", report.problems);
+    drop(workers);
+    let (ok, out, err) = run(&mut db_node(&dir, &server.url, &["check"]), T);
+    assert!(ok, "check failed: {out} {err}");
+}
