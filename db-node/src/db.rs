@@ -407,12 +407,19 @@ impl Db {
     }
 
     /// Atomic read-modify-write of `path`: `f` gets the current value and returns the new one,
-    /// or None to abort (then nothing is written and None is returned). `f` may run more than
-    /// once (when another writer got in first, with coordinated writers), so it must be pure.
+    /// or None to abort (then nothing is written and None is returned). Keep `f` pure: a
+    /// future version may run it again.
+    ///
+    /// In a coordinated group `f` runs under the write lock on `path` only, outside the commit
+    /// turn: a slow `f` delays other writers of `path`, not the other writers and readers of
+    /// the database (AceBase holds its global lock across such a callback).
     pub fn transaction<F>(&self, path: &str, mut f: F) -> Result<Option<CommitInfo>>
     where
         F: FnMut(Value) -> Option<Value>,
     {
+        if self.group.is_some() {
+            return self.transaction_in_group(path, f);
+        }
         let (done, info) = self.write_paths(&[path], |t| {
             let cur = t.get(path)?;
             match f(cur) {
@@ -421,6 +428,34 @@ impl Db {
             }
         })?;
         Ok(done.then_some(info))
+    }
+
+    /// [`Db::transaction`] of a group member: read under the lock from a snapshot, run `f`
+    /// with no turn held, then write the result in a commit step. Nobody else can change
+    /// `path` in between: the write lock on it is ours until the commit (the lease is renewed
+    /// while `f` runs; a lock taken back meanwhile makes the commit fail with `Fenced`).
+    fn transaction_in_group<F>(&self, path: &str, mut f: F) -> Result<Option<CommitInfo>>
+    where
+        F: FnMut(Value) -> Option<Value>,
+    {
+        let segs = vec![path::parse(path)?];
+        let grant = self
+            .locks
+            .acquire(&segs, self.fence_seen.load(Ordering::Relaxed))?;
+        let result = (|| {
+            let current = self.snapshot()?.get(path)?;
+            let Some(new) = f(current) else {
+                return Ok(None);
+            };
+            let (_, info) =
+                self.commit_step(&mut lock(&self.writer), &grant, |t| t.set(path, new))?;
+            Ok(Some(info))
+        })();
+        self.locks.release(&grant);
+        if let Ok(Some(info)) = &result {
+            self.notify(info);
+        }
+        result
     }
 
     /// Run `f` as one atomic transaction over the whole tree (a batch of operations).
@@ -432,6 +467,10 @@ impl Db {
     }
 
     /// Run `f` as one atomic transaction allowed to write only the subtrees at `paths`.
+    ///
+    /// In a coordinated group `f` runs in the commit step, holding the commit turn that every
+    /// commit and snapshot of the group needs: keep it short (use [`Db::transaction`] for a
+    /// read-modify-write that takes time).
     pub fn write_paths<R>(
         &self,
         paths: &[&str],

@@ -779,3 +779,46 @@ fn workers_that_outlive_several_masters_keep_the_files_consistent() {
     let (ok, out, err) = run(&mut db_node(&dir, &server.url, &["check"]), T);
     assert!(ok, "check failed: {out} {err}");
 }
+
+#[test]
+fn a_slow_transaction_callback_holds_up_only_writers_of_its_path() {
+    use db_node::{Db, Durability, IpcOptions, Options, Role, Value};
+    let server = Server::start();
+    let dir = temp_db("slowtxn");
+    let _m = master(&dir, &server.url);
+    let mut ipc = IpcOptions::new(server.url.clone());
+    ipc.role = Role::Worker;
+    let db = Db::open(
+        &dir,
+        Options {
+            durability: Durability::NoSync,
+            ipc: Some(ipc),
+            ..Options::default()
+        },
+    )
+    .expect("open a worker");
+    db.set("slow", 1).expect("set");
+    std::thread::scope(|s| {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let slow = s.spawn(|| {
+            db.transaction("slow", move |v| {
+                let _ = started_tx.send(());
+                std::thread::sleep(Duration::from_millis(1500));
+                match v {
+                    Value::Int(i) => Some(Value::Int(i + 1)),
+                    _ => None,
+                }
+            })
+        });
+        started.recv_timeout(T).expect("the callback runs");
+        // meanwhile another process writes and reads elsewhere, at full speed
+        let t = Instant::now();
+        set(&dir, &server.url, "other", "7");
+        assert_eq!(get(&dir, &server.url, "other"), "7");
+        assert_eq!(get(&dir, &server.url, "slow"), "1", "not committed yet");
+        let took = t.elapsed();
+        assert!(took < Duration::from_millis(1000), "held up for {took:?}");
+        assert!(slow.join().expect("thread").expect("commit").is_some());
+    });
+    assert_eq!(get(&dir, &server.url, "slow"), "2");
+}
