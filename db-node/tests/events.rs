@@ -331,3 +331,57 @@ fn a_subscriber_whose_connection_drops_is_told_and_learns_what_it_missed() {
     );
     assert!(first[0]["txn"].as_u64() < Some(paused_txn));
 }
+
+/// The peers of the namespace of `dir` whose id starts with `prefix`, as a probe sees them.
+fn peers(dir: &Path, url: &str, prefix: &str) -> usize {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ns = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let opts = ipc_client::ClientOptions::new(url, ns, "probe");
+    let (c, _events) = rt.block_on(ipc_client::Client::connect(opts)).unwrap();
+    let n = c
+        .members()
+        .iter()
+        .filter(|(p, _)| p.starts_with(prefix))
+        .count();
+    rt.block_on(c.close());
+    n
+}
+
+#[test]
+fn the_subscriptions_of_a_process_share_one_connection_and_stay_independent() {
+    let server = Server::start();
+    let dir = temp_db("hub");
+    let _m = master(&dir, &server.url);
+    let w = writer(&dir, &server.url);
+    w.set("users/ann", 1).unwrap();
+    let member = writer(&dir, &server.url);
+    // 20 subscriptions of one process: one post-office connection for all of them
+    let values: Vec<_> = (0..10)
+        .map(|_| member.on("users/*", EventKind::Value).unwrap())
+        .collect();
+    let added: Vec<_> = (0..10)
+        .map(|_| member.on("users", EventKind::ChildAdded).unwrap())
+        .collect();
+    assert_eq!(peers(&dir, &server.url, "events-"), 1);
+    w.set("users/bo", 2).unwrap();
+    let next = |rx: &std::sync::mpsc::Receiver<Received>| match rx.recv_timeout(T) {
+        Ok(Received::Event(e)) => (e.seq, e.path, e.child, e.value.to_json()),
+        other => panic!("expected an event, got {other:?}"),
+    };
+    for rx in &values {
+        assert_eq!(next(rx), (1, "users/bo".into(), None, json!(2)));
+    }
+    for rx in &added {
+        assert_eq!(next(rx), (1, "users".into(), Some("bo".into()), json!(2)));
+    }
+    // dropping some receivers leaves the others alone; a late subscriber starts after the
+    // newest commit, with its own numbering
+    drop(values);
+    let late = member.on("users/*", EventKind::Value).unwrap();
+    w.set("users/cy", 3).unwrap();
+    for rx in &added {
+        assert_eq!(next(rx), (2, "users".into(), Some("cy".into()), json!(3)));
+    }
+    assert_eq!(next(&late), (1, "users/cy".into(), None, json!(3)));
+    assert_eq!(peers(&dir, &server.url, "events-"), 1);
+}

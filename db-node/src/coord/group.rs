@@ -152,6 +152,8 @@ pub struct Membership {
     master: Option<LocalMaster>,
     options: IpcOptions,
     dir: PathBuf,
+    /// The events feed of this process, started by the first `on`.
+    hub: std::sync::Mutex<Option<super::realtime::Hub>>,
 }
 
 /// [`Db::open`] with an IPC setting: pick the role, start the master thread if this process
@@ -184,6 +186,7 @@ pub(crate) fn open_member(dir: &Path, options: Options, ipc: IpcOptions) -> Resu
         master,
         options: ipc,
         dir: dir.to_path_buf(),
+        hub: Default::default(),
     }))
 }
 
@@ -195,7 +198,17 @@ impl Membership {
 
     /// See [`Db::on`].
     pub fn on(&self, pattern: &str, kind: EventKind) -> Result<mpsc::Receiver<Received>> {
-        super::realtime::spawn(&self.dir, self.options.watch_config(), pattern, kind)
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if !hub.as_ref().is_some_and(|h| h.is_running()) {
+            *hub = Some(super::realtime::Hub::start(
+                &self.dir,
+                self.options.watch_config(),
+            )?);
+        }
+        match hub.as_ref() {
+            Some(h) => h.on(pattern, kind),
+            None => Err(Error::MasterUnavailable("no events feed".into())),
+        }
     }
 
     /// See [`Db::watch`].

@@ -1,11 +1,12 @@
 //! Realtime event subscriptions (`on(pattern, kind)`) for any process of a group.
 //!
-//! A subscription joins the post office, subscribes to the commit announcements
-//! ([`super::announce`]), puts them back in commit order ([`super::order`]) and computes the
-//! events of each commit from the record changes it carries ([`super::events`]). Values the
-//! changes do not hold are read from the files through a database handle of its own (a short
-//! shared snapshot per commit, no master round trip). Writers do no per-subscriber work: the
-//! post office fans the announcement out.
+//! A process has one **feed** ([`Hub`]) for all its subscriptions: one post-office connection
+//! subscribed to the commit announcements ([`super::announce`]), one reorder buffer putting
+//! them back in commit order ([`super::order`]), and one database handle reading the values
+//! the announcements do not carry (one short shared snapshot per commit, whatever the number
+//! of subscribers; no master round trip). Each subscriber computes the events of each commit
+//! from the record changes it carries ([`super::events`]). Writers do no per-subscriber work:
+//! the post office fans the announcement out to each process once.
 //!
 //! Everything a subscription delivers is numbered 1, 2, 3, … (`seq`), events and markers
 //! alike. [`Received::Missed`] says that the events of commits `from_txn..=to_txn` could not be
@@ -20,6 +21,7 @@ use super::background::{self, Ready, Started};
 use super::events::{compute, EventKind, Pattern, Source};
 use super::order::{InOrder, Step};
 use super::watch::{sleep_until, subscribe_commits, WatchConfig, REORDER_WAIT};
+use crate::changes::Change;
 use crate::error::{Error, Result};
 use crate::path;
 use crate::{Db, Durability, Options, Snapshot, Value};
@@ -27,6 +29,7 @@ use ipc_client::{ClientError, Event as IpcEvent};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc as amc;
 
 /// One realtime event.
 #[derive(Clone, Debug, PartialEq)]
@@ -114,22 +117,41 @@ impl Source for Latest<'_> {
     }
 }
 
-/// Numbering and delivery of one subscription.
-struct Feed<'a, F> {
-    db: &'a Db,
+/// One subscriber: its pattern, kind, numbering and receiver.
+struct Sub {
     pattern: Pattern,
     kind: EventKind,
     seq: u64,
-    out: F,
+    /// It started right after this commit: earlier ones do not concern it.
+    after: u64,
+    out: Box<dyn FnMut(Received) -> bool + Send>,
 }
 
-impl<F: FnMut(Received) -> bool> Feed<'_, F> {
+impl Sub {
+    fn new(
+        pattern: Pattern,
+        kind: EventKind,
+        out: impl FnMut(Received) -> bool + Send + 'static,
+    ) -> Sub {
+        Sub {
+            pattern,
+            kind,
+            seq: 0,
+            after: 0,
+            out: Box::new(out),
+        }
+    }
+
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
     }
 
     fn missed(&mut self, from_txn: u64, to_txn: u64) -> bool {
+        let from_txn = from_txn.max(self.after + 1);
+        if from_txn > to_txn {
+            return true;
+        }
         let seq = self.next_seq();
         (self.out)(Received::Missed {
             seq,
@@ -138,42 +160,27 @@ impl<F: FnMut(Received) -> bool> Feed<'_, F> {
         })
     }
 
-    /// Deliver what the reorder buffer handed out; false when the receiver wants no more.
-    fn steps(&mut self, steps: Vec<Step<Announcement>>) -> bool {
-        for step in steps {
-            let keep = match step {
-                Step::Gap { from, to } => self.missed(from, to),
-                Step::Item(txn, a) => self.commit(txn, &a),
-            };
-            if !keep {
-                return false;
-            }
-        }
-        true
+    fn disconnected(&mut self) -> bool {
+        let seq = self.next_seq();
+        (self.out)(Received::Disconnected { seq })
     }
 
-    fn commit(&mut self, txn: u64, a: &Announcement) -> bool {
-        let concerned = a.changed.iter().any(|c| match path::parse(c) {
-            Ok(segs) => self.pattern.overlaps(&segs),
-            Err(_) => true,
-        });
-        if !concerned {
+    /// The events of commit `txn` for this subscriber (`changes`: its record changes, `None`
+    /// when it did not carry them or they were damaged); false when the receiver is gone.
+    fn commit(
+        &mut self,
+        txn: u64,
+        changed: &[Vec<crate::path::Segment>],
+        changes: Option<&[Change<'_>]>,
+        src: &mut Latest<'_>,
+    ) -> bool {
+        if txn <= self.after || !changed.iter().any(|c| self.pattern.overlaps(c)) {
             return true;
         }
-        let Some(records) = a.records() else {
-            return self.missed(txn, txn); // too big to carry its changes
+        let Some(changes) = changes else {
+            return self.missed(txn, txn);
         };
-        let computed = match crate::changes::decode(&records) {
-            Ok(changes) => {
-                let mut src = Latest {
-                    db: self.db,
-                    snap: None,
-                };
-                compute(&self.pattern, self.kind, &changes, &mut src)
-            }
-            Err(_) => return self.missed(txn, txn),
-        };
-        let Ok(events) = computed else {
+        let Ok(events) = compute(&self.pattern, self.kind, changes, src) else {
             return self.missed(txn, txn);
         };
         for c in events {
@@ -195,6 +202,30 @@ impl<F: FnMut(Received) -> bool> Feed<'_, F> {
     }
 }
 
+/// Deliver what the reorder buffer handed out to every subscriber, dropping those whose
+/// receiver is gone. One snapshot per commit serves all of them.
+fn deliver(db: &Db, subs: &mut Vec<Sub>, steps: Vec<Step<Announcement>>) {
+    for step in steps {
+        match step {
+            Step::Gap { from, to } => subs.retain_mut(|s| s.missed(from, to)),
+            Step::Item(txn, a) => {
+                let changed: Vec<_> = a
+                    .changed
+                    .iter()
+                    // an unreadable path concerns everybody: the root
+                    .map(|c| path::parse(c).unwrap_or_default())
+                    .collect();
+                let records = a.records();
+                let changes = records
+                    .as_deref()
+                    .and_then(|r| crate::changes::decode(r).ok());
+                let mut src = Latest { db, snap: None };
+                subs.retain_mut(|s| s.commit(txn, &changed, changes.as_deref(), &mut src));
+            }
+        }
+    }
+}
+
 /// A database handle for reading the newest state of a group's files (it never writes).
 pub fn open_reader(dir: &Path, timeout: Duration) -> Result<Db> {
     Db::open(
@@ -209,115 +240,164 @@ pub fn open_reader(dir: &Path, timeout: Duration) -> Result<Db> {
     )
 }
 
-/// Deliver the events `kind` of `pattern` (every commit after the subscription took effect)
-/// to `out` until it returns false or the client closes. `db` reads the values the commits do
-/// not carry; `ready` is called once the subscription is in effect.
-pub async fn run(
+/// The newest commit in the files (a new subscriber starts after it).
+fn newest(db: &Db) -> Option<u64> {
+    db.snapshot().ok().map(|s| s.txn())
+}
+
+/// A subscriber joining a running feed; `ready` is told once it is in effect.
+struct Join {
+    sub: Sub,
+    ready: mpsc::Sender<()>,
+}
+
+/// Run a feed: deliver to `subs` and to the subscribers that `joins` brings, until the client
+/// closes, or `joins` is closed, or (without `joins`) no subscriber is left. `ready` is called
+/// once the feed's subscription to the announcements is in effect.
+async fn serve(
     db: &Db,
     cfg: WatchConfig,
-    pattern: Pattern,
-    kind: EventKind,
+    mut subs: Vec<Sub>,
+    mut joins: Option<amc::UnboundedReceiver<Join>>,
     ready: impl FnOnce(),
-    out: impl FnMut(Received) -> bool,
 ) -> std::result::Result<(), ClientError> {
     let (client, mut events) = subscribe_commits(db.dir(), cfg, "events").await?;
     let mut order = InOrder::new(REORDER_WAIT);
     // every commit after this one is announced to us: the subscription is in effect, and a
     // commit takes the turn that this snapshot holds shared
-    if let Ok(s) = db.snapshot() {
-        order.start_at(s.txn() + 1);
+    if let Some(last) = newest(db) {
+        order.start_at(last + 1);
+        for s in &mut subs {
+            s.after = last;
+        }
     }
     ready();
-    let mut feed = Feed {
-        db,
-        pattern,
-        kind,
-        seq: 0,
-        out,
-    };
     let mut down = false;
     loop {
+        if joins.is_none() && subs.is_empty() {
+            break;
+        }
         let deadline = order.deadline();
+        let join = async {
+            match joins.as_mut() {
+                Some(j) => j.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let ev = tokio::select! {
             ev = events.recv() => ev,
+            j = join => {
+                let Some(mut j) = j else { break };
+                // starts after the newest commit in the files: every later one is announced
+                // to this feed (subscribed already), so it is delivered or reported missed
+                j.sub.after = newest(db).unwrap_or(0);
+                subs.push(j.sub);
+                let _ = j.ready.send(());
+                continue;
+            }
             _ = sleep_until(deadline) => {
-                if !feed.steps(order.expire(Instant::now())) {
-                    break;
-                }
+                deliver(db, &mut subs, order.expire(Instant::now()));
                 continue;
             }
         };
         let Some(ev) = ev else { break };
-        let keep = match ev {
+        match ev {
             IpcEvent::Published {
                 subject, payload, ..
-            } if subject == COMMITS_SUBJECT => match Announcement::decode(&payload) {
-                Ok(a) => feed.steps(order.push(a.txn, a, Instant::now())),
-                Err(_) => true,
-            },
+            } if subject == COMMITS_SUBJECT => {
+                if let Ok(a) = Announcement::decode(&payload) {
+                    deliver(db, &mut subs, order.push(a.txn, a, Instant::now()));
+                }
+            }
             IpcEvent::Disconnected { .. } => {
                 down = true;
-                let seq = feed.next_seq();
-                (feed.out)(Received::Disconnected { seq })
+                subs.retain_mut(|s| s.disconnected());
             }
             IpcEvent::Connected { .. } if down => {
                 // back: once the restored subscription is in effect, the commits up to the
                 // newest one in the files that were not announced to us are missed
                 down = false;
                 let _ = client.flush().await;
-                match db.snapshot().map(|s| s.txn()) {
-                    Ok(last) => feed.steps(order.skip_through(last)),
-                    Err(_) => true,
+                if let Some(last) = newest(db) {
+                    deliver(db, &mut subs, order.skip_through(last));
                 }
             }
-            _ => true,
-        };
-        if !keep {
-            break;
+            _ => {}
         }
     }
     client.close().await;
     Ok(())
 }
 
-/// Subscribe on a thread of its own: returns once the subscription is in effect; it stops
-/// when the receiver is dropped (noticed at the next delivery).
-pub fn spawn(
-    dir: &Path,
+/// Deliver the events `kind` of `pattern` (every commit after the subscription took effect)
+/// to `out` until it returns false or the client closes: a feed with one subscriber (the
+/// CLI's `watch --events`). `db` reads the values the commits do not carry; `ready` is called
+/// once the subscription is in effect.
+pub async fn run(
+    db: &Db,
     cfg: WatchConfig,
-    pattern: &str,
+    pattern: Pattern,
     kind: EventKind,
-) -> Result<mpsc::Receiver<Received>> {
-    let pattern = Pattern::parse(pattern).map_err(|e| Error::InvalidPath {
-        path: pattern.to_string(),
-        reason: e.to_string(),
-    })?;
-    let db = open_reader(dir, cfg.timeout)?;
-    let (tx, rx) = mpsc::channel();
-    let wait = cfg.timeout + Duration::from_secs(1);
-    let (_, started) = background::start(
-        "db-node-events",
-        wait,
-        |e| e.to_string(),
-        move |ready: Ready<String>| async move {
-            run(
-                &db,
-                cfg,
-                pattern,
-                kind,
-                move || ready.signal(),
-                |r| tx.send(r).is_ok(),
-            )
-            .await
-            .map_err(|e| e.to_string())
-        },
-    )
-    .map_err(|e| Error::MasterUnavailable(format!("cannot start an events thread: {e}")))?;
-    match started {
-        Started::Ready => Ok(rx),
-        Started::Failed(e) => Err(Error::MasterUnavailable(format!("cannot subscribe: {e}"))),
-        Started::TimedOut => Err(Error::MasterUnavailable(
-            "cannot subscribe: no subscription in time".into(),
-        )),
+    ready: impl FnOnce(),
+    out: impl FnMut(Received) -> bool + Send + 'static,
+) -> std::result::Result<(), ClientError> {
+    serve(db, cfg, vec![Sub::new(pattern, kind, out)], None, ready).await
+}
+
+/// The feed of a process: one thread, one post-office connection and one read handle for all
+/// its subscriptions. It stops when dropped.
+pub struct Hub {
+    joins: amc::UnboundedSender<Join>,
+    wait: Duration,
+}
+
+impl Hub {
+    /// Start the feed of the database in `dir`; returns once it is subscribed.
+    pub fn start(dir: &Path, cfg: WatchConfig) -> Result<Hub> {
+        let db = open_reader(dir, cfg.timeout)?;
+        let (joins, rx) = amc::unbounded_channel();
+        let wait = cfg.timeout + Duration::from_secs(1);
+        let (_, started) = background::start(
+            "db-node-events",
+            wait,
+            |e| e.to_string(),
+            move |ready: Ready<String>| async move {
+                serve(&db, cfg, Vec::new(), Some(rx), move || ready.signal())
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .map_err(|e| Error::MasterUnavailable(format!("cannot start an events thread: {e}")))?;
+        match started {
+            Started::Ready => Ok(Hub { joins, wait }),
+            Started::Failed(e) => Err(Error::MasterUnavailable(format!("cannot subscribe: {e}"))),
+            Started::TimedOut => Err(Error::MasterUnavailable(
+                "cannot subscribe: no subscription in time".into(),
+            )),
+        }
+    }
+
+    /// Whether the feed still runs (it stops if its connection is closed for good).
+    pub fn is_running(&self) -> bool {
+        !self.joins.is_closed()
+    }
+
+    /// Subscribe: returns once the subscription is in effect; it ends when the receiver is
+    /// dropped (noticed at the next delivery).
+    pub fn on(&self, pattern: &str, kind: EventKind) -> Result<mpsc::Receiver<Received>> {
+        let pattern = Pattern::parse(pattern).map_err(|e| Error::InvalidPath {
+            path: pattern.to_string(),
+            reason: e.to_string(),
+        })?;
+        let (tx, rx) = mpsc::channel();
+        let (ready, joined) = mpsc::channel();
+        let sub = Sub::new(pattern, kind, move |r| tx.send(r).is_ok());
+        self.joins
+            .send(Join { sub, ready })
+            .map_err(|_| Error::MasterUnavailable("the events feed has stopped".into()))?;
+        joined.recv_timeout(self.wait).map_err(|_| {
+            Error::MasterUnavailable("cannot subscribe: the feed did not answer".into())
+        })?;
+        Ok(rx)
     }
 }
