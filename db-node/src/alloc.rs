@@ -49,8 +49,10 @@ pub trait SpaceAllocator: Send {
     fn retired_pages(&self) -> usize {
         0
     }
-    /// Another process committed: `table` (with `page_count` pages) is the newest state.
-    fn adopt(&mut self, table: &AllocTable, page_count: u64);
+    /// Another process committed: `table` (with `page_count` pages) is the state of commit
+    /// `txn`; `flipped` the pages whose state changed since the last state this writer knew
+    /// (`None`: unknown, the table was read whole).
+    fn adopt(&mut self, table: &AllocTable, page_count: u64, txn: u64, flipped: Option<&[PageId]>);
 }
 
 /// The on-file allocation table of the current state: bitmap checkpoint plus allocation log.
@@ -386,7 +388,7 @@ impl SpaceAllocator for NoSpace {
     fn page_count(&self) -> u64 {
         self.0
     }
-    fn adopt(&mut self, _table: &AllocTable, page_count: u64) {
+    fn adopt(&mut self, _: &AllocTable, page_count: u64, _: u64, _: Option<&[PageId]>) {
         self.0 = page_count;
     }
 }
@@ -424,9 +426,34 @@ impl SpaceAllocator for LocalAllocator {
     fn retired_pages(&self) -> usize {
         self.retired.iter().map(|(_, v)| v.len()).sum()
     }
-    /// Rebuilt from the table (proportional to the file size).
-    fn adopt(&mut self, table: &AllocTable, page_count: u64) {
-        *self = LocalAllocator::from_table(table, page_count);
+    /// Pages other processes' commits freed may still be read by their snapshots: they wait
+    /// as retired by commit `txn` (released by [`SpaceAllocator::reclaim`] with the oldest
+    /// reader of the group). Pages they took are no longer free.
+    fn adopt(&mut self, table: &AllocTable, page_count: u64, txn: u64, flipped: Option<&[PageId]>) {
+        let freed: Vec<PageId> = match flipped {
+            Some(flipped) => {
+                let mut freed = Vec::new();
+                for &p in flipped {
+                    if table.get(p) {
+                        self.reusable.remove(&p);
+                        for (_, pages) in self.retired.iter_mut() {
+                            pages.retain(|&q| q != p);
+                        }
+                    } else {
+                        freed.push(p);
+                    }
+                }
+                freed
+            }
+            None => {
+                // unknown history: every free page waits for the readers of the moment
+                self.reusable.clear();
+                self.retired.clear();
+                (0..page_count).filter(|&p| !table.get(p)).collect()
+            }
+        };
+        self.page_count = self.page_count.max(page_count);
+        self.retire(txn, freed);
     }
 }
 

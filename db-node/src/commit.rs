@@ -217,8 +217,11 @@ fn checkpoint(w: &mut Writer, c: Changes) -> Result<Head> {
     if w.sync && !complete {
         w.file.sync()?;
     }
-    // SAFETY: the other slot holds the previous checkpoint; readers never read meta pages
-    // through the map.
+    // Readers of other processes read the meta page without a lock: every page it names is
+    // written before it.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: the other slot holds the previous checkpoint; a reader that reads this one while
+    // it is written sees a bad checksum and takes the other.
     m.encode(unsafe { w.file.map.page_mut(w.next_ckpt_slot) });
     w.next_ckpt_slot ^= 1;
     if w.sync {

@@ -12,7 +12,7 @@ use crate::page::{self, PageId, KIND_BRANCH, KIND_LEAF};
 use crate::path::{self, Segment};
 use crate::store::{DataFile, Map, ProcessLock, RedoFile, DATA_FILE, REDO_FILE};
 use crate::tree::{self, Child};
-use crate::turn::{SharedTurn, Turn};
+use crate::turn::Turn;
 use crate::txn::WriteTxn;
 use crate::value::{Kind, Value};
 use std::path::{Path, PathBuf};
@@ -39,9 +39,9 @@ pub struct Options {
     pub locks: Option<Arc<dyn LockProvider>>,
     /// Open as a member of a coordinated group (master or worker): the directory lock is
     /// taken shared instead of exclusive, every commit step runs under the group's commit
-    /// turn on the newest state of the files, and snapshots hold the turn shared (see
-    /// [`crate::turn`]). Only `coord` sets this, together with a lock provider that asks the
-    /// master; see `docs/coordination.md`.
+    /// turn on the newest state of the files, and snapshots register in the group's reader
+    /// table (see [`crate::turn`], [`crate::readers`]). Only `coord` sets this, together with
+    /// a lock provider that asks the master; see `docs/coordination.md`.
     pub coordinated: bool,
     /// Longest wait for the commit turn of a coordinated group (default 10 s).
     pub turn_wait: Option<Duration>,
@@ -137,6 +137,9 @@ pub struct Db {
 struct Group {
     turn: Arc<Turn>,
     data: std::fs::File,
+    /// The group's reader table and this handle's slot in it.
+    readers: crate::readers::ReaderTable,
+    slot: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -213,8 +216,13 @@ impl Db {
                 path: data_path.clone(),
                 detail: d,
             })?;
-        let space: Box<dyn SpaceAllocator> =
+        let mut space: Box<dyn SpaceAllocator> =
             Box::new(LocalAllocator::from_table(&table, meta.page_count));
+        if options.coordinated {
+            // other processes' snapshots may read any page freed lately: none is reused
+            // before the readers of this moment are done
+            space.adopt(&table, meta.page_count, meta.txn, None);
+        }
         if meta.root != 0 {
             node(&file.map, &data_path, meta.page_count, meta.root, None)?;
         }
@@ -237,10 +245,16 @@ impl Db {
         };
         let redo = std::mem::take(&mut meta.log);
         let group = match &turn {
-            Some(t) => Some(Group {
-                turn: t.clone(),
-                data: file.handle()?,
-            }),
+            Some(t) => {
+                let readers = crate::readers::ReaderTable::open(&dir)?;
+                let slot = readers.claim()?;
+                Some(Group {
+                    turn: t.clone(),
+                    data: file.handle()?,
+                    readers,
+                    slot,
+                })
+            }
             None => None,
         };
         let fence_seen = AtomicU64::new(meta.fence);
@@ -330,18 +344,25 @@ impl Db {
         self.membership.as_ref()
     }
 
-    /// A consistent read view of the latest commit. In a single process it never blocks on
-    /// (or blocks) the writer. In a coordinated group it shows the newest commit of any
-    /// process and holds the commit turn shared until it is dropped: keep it short, commits
-    /// of every process wait for it (see [`crate::turn`]).
+    /// A consistent read view of the latest commit. It never blocks on (or blocks) a writer.
+    /// In a coordinated group it shows the newest commit of any process; the pages it reads
+    /// are not reused by anybody until it is dropped (see [`crate::readers`]).
     pub fn snapshot(&self) -> Result<Snapshot<'_>> {
-        let turn = match &self.group {
-            Some(g) => Some(g.turn.shared()?),
-            None => None,
-        };
         let mut s = lock(&self.shared);
         if let Some(g) = &self.group {
-            self.refresh_head(&mut s, g)?;
+            // register in the reader table before the pages are read (see `crate::readers`)
+            loop {
+                self.refresh_head(&mut s, g)?;
+                let t = s.head.txn;
+                if s.readers.iter().any(|r| r.0 <= t) {
+                    break; // an older snapshot of this handle protects it already
+                }
+                g.readers.publish(g.slot, t);
+                match newest_checkpoint(&s.map) {
+                    Some((_, m)) if m.txn != t => continue,
+                    _ => break,
+                }
+            }
         }
         let head = s.head;
         match s.readers.iter_mut().find(|r| r.0 == head.txn) {
@@ -352,7 +373,6 @@ impl Db {
             db: self,
             map: s.map.clone(),
             head,
-            _turn: turn,
         })
     }
 
@@ -549,8 +569,8 @@ impl Db {
             .ok_or_else(|| Error::Aborted("commit step outside a coordinated group".into()))?;
         let _turn = g.turn.exclusive()?;
         self.refresh_writer(w)?;
-        // In the turn nobody reads: every snapshot of every process holds it shared.
-        w.space.reclaim(u64::MAX);
+        // pages retired by commits that a snapshot somewhere may still read wait
+        w.space.reclaim(g.readers.oldest());
         let (r, info, head) = self.run(w, grant, f)?;
         if let Some(head) = head {
             let mut s = lock(&self.shared);
@@ -599,8 +619,9 @@ impl Db {
                 }
             }
         };
+        let flipped = (!refreshed.full).then_some(refreshed.flipped.as_slice());
         let (table, space) = (&w.table, &mut w.space);
-        space.adopt(table, m.page_count);
+        space.adopt(table, m.page_count, m.txn, flipped);
         w.since = crate::commit::SinceCheckpoint {
             txn: m.txn,
             root: m.root,
@@ -625,7 +646,7 @@ impl Db {
     pub(crate) fn follow_alloc<R>(
         &self,
         wait: Duration,
-        f: impl FnOnce(&AllocTable, u64, &Refreshed) -> R,
+        f: impl FnOnce(&AllocTable, u64, u64, &Refreshed) -> R,
     ) -> Result<Option<R>> {
         let g = self
             .group
@@ -638,7 +659,7 @@ impl Db {
             Err(e) => return Err(e),
         };
         let r = self.refresh_writer(&mut w)?;
-        Ok(Some(f(&w.table, w.meta.page_count, &r)))
+        Ok(Some(f(&w.table, w.meta.page_count, w.meta.txn, &r)))
     }
 
     /// Where this handle's writer gets file space (a group member: from the master).
@@ -761,6 +782,9 @@ impl Drop for Db {
         {
             let _ = self.checkpoint();
         }
+        if let Some(g) = &self.group {
+            g.readers.release(g.slot);
+        }
     }
 }
 
@@ -792,8 +816,6 @@ pub struct Snapshot<'a> {
     db: &'a Db,
     map: Arc<Map>,
     head: Head,
-    /// Coordinated group: the shared turn that keeps commits from reusing its pages.
-    _turn: Option<SharedTurn>,
 }
 
 impl Drop for Snapshot<'_> {
@@ -803,6 +825,10 @@ impl Drop for Snapshot<'_> {
             s.readers[i].1 -= 1;
             if s.readers[i].1 == 0 {
                 s.readers.swap_remove(i);
+                if let Some(g) = &self.db.group {
+                    let oldest = s.readers.iter().map(|r| r.0).min().unwrap_or(0);
+                    g.readers.publish(g.slot, oldest);
+                }
             }
         }
     }

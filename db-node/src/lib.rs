@@ -22,6 +22,7 @@ pub mod meta;
 mod open;
 pub mod page;
 pub mod path;
+pub mod readers;
 pub mod store;
 pub mod tree;
 pub mod turn;

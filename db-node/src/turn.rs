@@ -3,9 +3,10 @@
 //!
 //! With one copy-on-write root, two writers that changed disjoint subtrees still both produce
 //! a new root, so the *commit step* (read the newest meta page, apply the transaction to the
-//! newest tree, write its pages and a new meta page) is serialized across processes. Readers
-//! of a snapshot hold the turn *shared*: a commit may reuse pages that older snapshots still
-//! reach, so it waits for the readers of the moment (reads are short).
+//! newest tree, write its pages and a new meta page) is serialized across processes. The
+//! turn is held *shared* by whoever reads state that commits may rewrite at any moment: the
+//! master reading the allocation bitmap, `check`. Snapshots do not take it: they register in
+//! the reader table instead (`crate::readers`), so no reader holds up a commit.
 //!
 //! The turn is an fs2 (`flock`) lock on `turn.lock`: the kernel drops it when its holder dies,
 //! so a SIGKILLed writer never leaves it taken. A process uses two descriptors of the file: one

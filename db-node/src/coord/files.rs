@@ -5,7 +5,8 @@
 //! | file | lock | purpose |
 //! |---|---|---|
 //! | `master.lock` | exclusive, for the master's whole life | at most one master per directory; holds its pid |
-//! | `turn.lock` | see [`crate::turn`] | the commit turn: one process at a time commits; snapshots hold it shared |
+//! | `turn.lock` | see [`crate::turn`] | the commit turn: one process at a time commits |
+//! | `fence.map`, `readers.map` | shared mappings, atomic words | live fencing tokens ([`super::fence_map`]); oldest commit each handle reads ([`crate::readers`]) |
 //! | `master.fence` | (written under `master.lock`) | fencing tokens reserved by masters, so tokens grow across restarts |
 
 use crate::error::{Error, Result};

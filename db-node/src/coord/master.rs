@@ -25,6 +25,7 @@ use super::space_pool::TOP_UP;
 use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
 use crate::alloc::NoSpace;
 use crate::error::Error;
+use crate::readers::ReaderTable;
 use crate::store::ProcessLock;
 use crate::{Db, Options};
 use ipc_client::{Client, ClientError, ClientOptions, Event, IncomingRequest};
@@ -97,8 +98,8 @@ pub async fn run_master(
     db.set_space(|pc| Box::new(NoSpace(pc)));
     let fence = db.fence_high_water();
     let space = db
-        .follow_alloc(Duration::from_secs(10), |table, pc, _| {
-            SpaceTable::new(pc, |p| table.get(p))
+        .follow_alloc(Duration::from_secs(10), |table, pc, txn, _| {
+            SpaceTable::new(pc, txn, |p| table.get(p))
         })?
         .ok_or_else(|| {
             Error::LockTimeout("the commit turn stayed busy while the master started".into())
@@ -130,6 +131,7 @@ pub async fn run_master(
         fences,
         db,
         space,
+        readers: ReaderTable::open(&cfg.dir)?,
         members: HashMap::new(),
         pending: HashMap::new(),
         by_rid: HashMap::new(),
@@ -201,6 +203,8 @@ struct Master {
     db: Db,
     /// Its allocation table.
     space: SpaceTable,
+    /// The oldest commit that snapshots of the group may still read.
+    readers: ReaderTable,
     /// Session epoch of every member, from the welcome and later joined/left events.
     members: HashMap<String, u64>,
     /// Queued lock requests, by lock id, waiting for an answer (with the pages they want).
@@ -436,6 +440,8 @@ impl Master {
         if may_wait && (self.space.free_pages() < want || self.space.settling_pages() > TOP_UP) {
             self.follow();
         }
+        // pages retired by commits that a snapshot somewhere may still read wait
+        self.space.release(self.readers.oldest());
         self.space
             .grant(owner, want.min(MAX_PAGES_PER_GRANT))
             .to_wire()
@@ -445,13 +451,15 @@ impl Master {
     /// stays busy for [`FOLLOW_WAIT`]: the next look catches up.
     fn follow(&mut self) {
         let space = &mut self.space;
-        let r = self.db.follow_alloc(FOLLOW_WAIT, |table, pc, changed| {
-            if changed.full {
-                space.rebuild(pc, |p| table.get(p));
-            } else {
-                space.follow(pc, &changed.flipped, |p| table.get(p));
-            }
-        });
+        let r = self
+            .db
+            .follow_alloc(FOLLOW_WAIT, |table, pc, txn, changed| {
+                if changed.full {
+                    space.rebuild(pc, txn, |p| table.get(p));
+                } else {
+                    space.follow(pc, txn, &changed.flipped, |p| table.get(p));
+                }
+            });
         if let Err(e) = r {
             eprintln!("db-node master: cannot read the allocation state: {e}");
         }

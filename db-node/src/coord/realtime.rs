@@ -3,7 +3,7 @@
 //! A process has one **feed** ([`Hub`]) for all its subscriptions: one post-office connection
 //! subscribed to the commit announcements ([`super::announce`]), one reorder buffer putting
 //! them back in commit order ([`super::order`]), and one database handle reading the values
-//! the announcements do not carry (one short shared snapshot per commit, whatever the number
+//! the announcements do not carry (one short snapshot per commit, whatever the number
 //! of subscribers; no master round trip). Each subscriber computes the events of each commit
 //! from the record changes it carries ([`super::events`]). Writers do no per-subscriber work:
 //! the post office fans the announcement out to each process once.
@@ -264,7 +264,7 @@ async fn serve(
     let (client, mut events) = subscribe_commits(db.dir(), cfg, "events").await?;
     let mut order = InOrder::new(REORDER_WAIT);
     // every commit after this one is announced to us: the subscription is in effect, and a
-    // commit takes the turn that this snapshot holds shared
+    // commit is announced after its meta page is written, so after this read saw an older one
     if let Some(last) = newest(db) {
         order.start_at(last + 1);
         for s in &mut subs {

@@ -15,6 +15,10 @@
 //! A restarted master rebuilds the table from the file alone ([`SpaceTable::new`]): workers'
 //! pages from its predecessor are void (they belong to an earlier era, see `fence_map`), and
 //! every page the file does not mark in use is free.
+//!
+//! Snapshots of any process may still read pages that commits retired: a page found free at
+//! a look at commit `T` is *quarantined* until no reader holds a commit older than `T`
+//! ([`SpaceTable::release`], with the oldest reader from `readers.map`).
 
 use super::lock_table::Owner;
 use super::pages::PageRanges;
@@ -27,13 +31,15 @@ pub struct SpaceTable {
     free: PageRanges,
     owned: HashMap<Owner, PageRanges>,
     settling: PageRanges,
+    /// Pages found free at a look at commit `T`, waiting for older readers to finish.
+    quarantine: std::collections::VecDeque<(u64, PageRanges)>,
     /// No page at or above `end` is in the file's state or has been handed out.
     end: PageId,
 }
 
 impl SpaceTable {
-    /// The table of a committed state: `in_use(p)` for every page below `page_count`.
-    pub fn new(page_count: u64, in_use: impl Fn(PageId) -> bool) -> SpaceTable {
+    /// The table of committed state `txn`: `in_use(p)` for every page below `page_count`.
+    pub fn new(page_count: u64, txn: u64, in_use: impl Fn(PageId) -> bool) -> SpaceTable {
         let mut free = PageRanges::default();
         let mut run: Option<PageId> = None;
         for p in 0..page_count {
@@ -50,10 +56,35 @@ impl SpaceTable {
             free.insert_range(s, page_count);
         }
         SpaceTable {
-            free,
+            free: PageRanges::default(),
             owned: HashMap::new(),
             settling: PageRanges::default(),
+            quarantine: [(txn, free)].into(),
             end: page_count,
+        }
+    }
+
+    /// Readers hold commits `oldest` and newer only: pages found free at those looks are free.
+    pub fn release(&mut self, oldest: u64) {
+        while self.quarantine.front().is_some_and(|(t, _)| *t <= oldest) {
+            if let Some((_, pages)) = self.quarantine.pop_front() {
+                self.free.append(pages);
+            }
+        }
+    }
+
+    /// Pages waiting for older readers.
+    pub fn quarantined_pages(&self) -> u64 {
+        self.quarantine.iter().map(|(_, r)| r.len()).sum()
+    }
+
+    fn found_free(&mut self, txn: u64) -> &mut PageRanges {
+        if self.quarantine.back().is_none_or(|(t, _)| *t != txn) {
+            self.quarantine.push_back((txn, PageRanges::default()));
+        }
+        match self.quarantine.back_mut() {
+            Some((_, r)) => r,
+            None => unreachable!("pushed above"),
         }
     }
 
@@ -119,40 +150,54 @@ impl SpaceTable {
         }
     }
 
-    /// The allocation state had to be read whole: every page below `page_count` that is free
-    /// in it and neither owned nor settling is free; so are the pages between `page_count`
-    /// and the end that nobody owns.
-    pub fn rebuild(&mut self, page_count: u64, in_use: impl Fn(PageId) -> bool) {
+    /// The allocation state of commit `txn` had to be read whole: every page below
+    /// `page_count` that is free in it and neither owned, settling nor already known free is
+    /// found free; so are the pages between `page_count` and the end that nobody owns.
+    pub fn rebuild(&mut self, page_count: u64, txn: u64, in_use: impl Fn(PageId) -> bool) {
         let end = self.end.max(page_count);
-        let held =
-            |p: PageId| self.settling.contains(p) || self.owned.values().any(|r| r.contains(p));
-        let mut free = PageRanges::default();
+        let held = |p: PageId| {
+            self.settling.contains(p)
+                || self.free.contains(p)
+                || self.quarantine.iter().any(|(_, r)| r.contains(p))
+                || self.owned.values().any(|r| r.contains(p))
+        };
+        let mut found = PageRanges::default();
         for p in 0..end {
             if !held(p) && (p >= page_count || !in_use(p)) {
-                free.insert(p);
+                found.insert(p);
             }
         }
-        self.free = free;
+        self.found_free(txn).append(found);
         self.end = end;
-        self.follow(page_count, &[], in_use);
+        self.follow(page_count, txn, &[], in_use);
     }
 
-    /// The master looked at the newest committed state, which has `page_count` pages:
-    /// `flipped` pages changed state since the last look, `in_use(p)` is the new state.
+    /// The master looked at the newest committed state, commit `txn` with `page_count`
+    /// pages: `flipped` pages changed state since the last look, `in_use(p)` is the new state.
     /// The look must have started after every event this table was told of.
-    pub fn follow(&mut self, page_count: u64, flipped: &[PageId], in_use: impl Fn(PageId) -> bool) {
+    pub fn follow(
+        &mut self,
+        page_count: u64,
+        txn: u64,
+        flipped: &[PageId],
+        in_use: impl Fn(PageId) -> bool,
+    ) {
         self.end = self.end.max(page_count);
+        let mut found = PageRanges::default();
         for &p in flipped {
             if in_use(p) {
                 self.free.remove(p);
             } else if !self.settling.contains(p) && !self.owned.values().any(|r| r.contains(p)) {
-                self.free.insert(p);
+                found.insert(p);
             }
         }
         for p in std::mem::take(&mut self.settling).iter() {
             if !in_use(p) {
-                self.free.insert(p);
+                found.insert(p);
             }
+        }
+        if !found.is_empty() {
+            self.found_free(txn).append(found);
         }
     }
 }
@@ -173,7 +218,8 @@ mod tests {
     fn pages_of_a_dead_worker_come_back_and_committed_ones_do_not() {
         // pages 0..4 in use, 4..8 free
         let mut file: BTreeSet<PageId> = (0..4).collect();
-        let mut t = SpaceTable::new(8, |p| file.contains(&p));
+        let mut t = SpaceTable::new(8, 1, |p| file.contains(&p));
+        t.release(u64::MAX);
         assert_eq!(t.free_pages(), 4);
         let (a, b) = (owner("a"), owner("b"));
         let ga = t.grant(&a, 6); // 4..8 and 8..10 from the end
@@ -187,7 +233,12 @@ mod tests {
         t.used(&a, &PageRanges::from_wire(&[(4, 2)]));
         t.owners_gone(|o| o == &b);
         assert_eq!(t.settling_pages(), 4);
-        t.follow(10, &[2, 4, 5], |p| file.contains(&p));
+        t.follow(10, 2, &[2, 4, 5], |p| file.contains(&p));
+        // a snapshot of commit 1 may still read page 2
+        t.release(1);
+        assert_eq!(t.free_pages(), 0);
+        assert_eq!(t.quarantined_pages(), 3);
+        t.release(2);
         // 2 (freed by the commit) and b's 10, 11 are free again; 4, 5 are the database's;
         // a still owns 6..10
         let mut free = Vec::new();
@@ -201,18 +252,20 @@ mod tests {
     #[test]
     fn a_page_used_and_freed_again_before_the_report_comes_back_through_settling() {
         let mut file: BTreeSet<PageId> = (0..2).collect();
-        let mut t = SpaceTable::new(2, |p| file.contains(&p));
+        let mut t = SpaceTable::new(2, 1, |p| file.contains(&p));
         let a = owner("a");
         t.grant(&a, 1); // page 2
                         // two commits of a: one uses 2, the next frees it; the master looks in between reports
-        t.follow(3, &[], |p| file.contains(&p));
+        t.follow(3, 2, &[], |p| file.contains(&p));
         file.insert(2);
         file.remove(&2);
-        t.follow(3, &[], |p| file.contains(&p));
+        t.follow(3, 4, &[], |p| file.contains(&p));
+        t.release(u64::MAX);
         assert_eq!(t.free_pages(), 0, "still a's");
         t.used(&a, &PageRanges::from_wire(&[(2, 1)]));
         t.used(&a, &PageRanges::from_wire(&[(2, 1)])); // a repeated report changes nothing
-        t.follow(3, &[], |p| file.contains(&p));
+        t.follow(3, 4, &[], |p| file.contains(&p));
+        t.release(u64::MAX);
         assert_eq!(t.free_pages(), 1);
         assert_eq!(t.owned_pages(), 0);
     }

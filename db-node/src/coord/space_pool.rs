@@ -185,15 +185,15 @@ impl SpaceAllocator for GrantedSpace {
         self.settle();
     }
 
-    /// Nothing waits for readers here: in a group every snapshot holds the commit turn shared,
-    /// so a page retired by a commit is free as soon as the commit step ends.
+    /// Nothing waits for readers here: pages come from the master, which hands out a page
+    /// only once no snapshot can reach it (see `crate::readers`).
     fn reclaim(&mut self, _oldest: u64) {}
 
     fn page_count(&self) -> u64 {
         self.page_count
     }
 
-    fn adopt(&mut self, _table: &AllocTable, page_count: u64) {
+    fn adopt(&mut self, _: &AllocTable, page_count: u64, _: u64, _: Option<&[PageId]>) {
         // whatever a failed commit took is reported too: the master checks the file
         self.settle();
         self.page_count = page_count;
