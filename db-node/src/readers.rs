@@ -15,7 +15,8 @@
 //! A slot names its holder (pid and the process's start time, so a reused pid is not taken
 //! for the holder). A slot whose process is gone is ignored and taken over.
 //!
-//! Layout: a 4 KiB header (`DBNREAD1`, slot count u64), then 1,024 slots of 32 bytes:
+//! Layout: a 4 KiB header (`DBNREAD1`, slot count u64, slots ever claimed u64: readers scan
+//! only those), then 1,024 slots of 32 bytes:
 //! `pid` u64 (0: free), `start` u64 (process start time, clock ticks since boot), `txn` u64
 //! (0: no snapshot), 8 bytes reserved. Every access is an atomic 8-byte operation.
 
@@ -96,6 +97,7 @@ impl ReaderTable {
                 {
                     self.slot(i, 2).store(0, Ordering::SeqCst);
                     self.slot(i, 1).store(me.start, Ordering::SeqCst);
+                    self.word(2).fetch_max(i as u64 + 1, Ordering::SeqCst);
                     return Ok(i);
                 }
             }
@@ -121,7 +123,8 @@ impl ReaderTable {
     /// processes that are gone are cleared on the way.
     pub fn oldest(&self) -> u64 {
         let mut oldest = u64::MAX;
-        for i in 0..SLOTS {
+        let used = (self.word(2).load(Ordering::SeqCst) as usize).min(SLOTS);
+        for i in 0..used {
             let txn = self.slot(i, 2).load(Ordering::SeqCst);
             if txn == 0 || txn >= oldest {
                 continue;
