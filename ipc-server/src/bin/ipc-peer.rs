@@ -81,7 +81,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         opts.tls_ca_pem =
             Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
     }
-    let (client, mut events) = Client::connect(opts).await.context("connecting")?;
+    // Under pm2 the post office and its peers start together: a peer that comes up first
+    // waits for it (up to 30 s) instead of exiting and being restarted.
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(50);
+    let (client, mut events) = loop {
+        match Client::connect(opts.clone()).await {
+            Ok(c) => break c,
+            Err(e @ (ipc_client::ClientError::Io(_) | ipc_client::ClientError::WebSocket(_)))
+                if started.elapsed() < std::time::Duration::from_secs(30) =>
+            {
+                if pause == std::time::Duration::from_millis(50) {
+                    eprintln!(
+                        "ipc-peer: waiting for the post office at {} ({e})",
+                        args.url
+                    );
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            Err(e) => return Err(e).context("connecting"),
+        }
+    };
     for pattern in &args.subscribe {
         client
             .subscribe(pattern)
