@@ -64,6 +64,9 @@ pub struct CommitInfo {
     /// [`crate::changes`] (group members only; None elsewhere and when the commit changed more
     /// than [`crate::changes::BUDGET`]). Realtime events are computed from it.
     pub records: Option<Arc<Vec<u8>>>,
+    /// Root page and page count of the commit (None when it changed nothing): another
+    /// process that still protects its pages (`crate::readers`) can read this very state.
+    pub head: Option<(PageId, u64)>,
 }
 
 /// Figures about a database.
@@ -373,6 +376,43 @@ impl Db {
             db: self,
             map: s.map.clone(),
             head,
+        })
+    }
+
+    /// A snapshot of commit `txn` (root page `root`, `page_count` pages), whatever commits came
+    /// since. Sound only while an open snapshot of this handle at `txn` or older protects the
+    /// pages of that commit (see [`crate::readers`]); refused otherwise.
+    pub(crate) fn snapshot_of(
+        &self,
+        txn: u64,
+        root: PageId,
+        page_count: u64,
+    ) -> Result<Snapshot<'_>> {
+        let g = self
+            .group
+            .as_ref()
+            .ok_or_else(|| Error::Aborted("only a group member reads past commits".into()))?;
+        let mut s = lock(&self.shared);
+        if !s.readers.iter().any(|r| r.0 <= txn) {
+            return Err(Error::Aborted(format!(
+                "the pages of commit {txn} are not protected by a snapshot"
+            )));
+        }
+        if page_count > s.map.pages() {
+            s.map = Arc::new(crate::store::map_current(&self.data_path, &g.data)?);
+        }
+        match s.readers.iter_mut().find(|r| r.0 == txn) {
+            Some(r) => r.1 += 1,
+            None => s.readers.push((txn, 1)),
+        }
+        Ok(Snapshot {
+            db: self,
+            map: s.map.clone(),
+            head: Head {
+                txn,
+                root,
+                page_count,
+            },
         })
     }
 

@@ -418,6 +418,7 @@ impl<'a> WriteTxn<'a> {
                 fence,
                 changed: Vec::new(),
                 records: None,
+                head: None,
             };
             return Ok((info, None));
         }
@@ -455,6 +456,7 @@ impl<'a> WriteTxn<'a> {
             fence,
             changed: self.changed,
             records: self.changes.finish(),
+            head: Some((head.root, head.page_count)),
         };
         Ok((info, Some(head)))
     }

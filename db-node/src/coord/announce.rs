@@ -2,9 +2,10 @@
 //! processes of the group can drop stale state and raise realtime events.
 //!
 //! Subject `commits` in the database's namespace; payload JSON
-//! `{"txn": T, "fence": F, "changed": ["users/alice", …], "rec": "<base64>"}`, where `rec` is
-//! the commit's record-change list ([`crate::changes`], standard base64 with padding), left out
-//! when the commit changed more than [`crate::changes::BUDGET`]. Transaction ids are one sequence
+//! `{"txn": T, "fence": F, "changed": ["users/alice", …], "rec": "<base64>", "head": [R, P]}`,
+//! where `rec` is the commit's record-change list ([`crate::changes`], standard base64 with
+//! padding), left out when the commit changed more than [`crate::changes::BUDGET`], and `head`
+//! the commit's root page and page count. Transaction ids are one sequence
 //! for the whole database (every commit that changes something takes the next one), so a
 //! subscriber that sees `txn` jump from 7 to 9 knows it missed commit 8 and must resync.
 //! A worker queues the announcement while it still holds the commit turn; subscribers put
@@ -26,6 +27,9 @@ pub struct Announcement {
     /// Record changes, base64 (see the module documentation); None: not available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rec: Option<String>,
+    /// `[root page, page count]` of the commit, for subscribers that read its exact state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<(u64, u64)>,
 }
 
 impl From<&CommitInfo> for Announcement {
@@ -38,6 +42,7 @@ impl From<&CommitInfo> for Announcement {
                 .records
                 .as_ref()
                 .map(|r| base64::engine::general_purpose::STANDARD.encode(r.as_slice())),
+            head: c.head,
         }
     }
 }
@@ -94,6 +99,7 @@ mod tests {
             fence: 3,
             changed: vec!["a/b".into()],
             rec: None,
+            head: Some((12, 40)),
         };
         assert_eq!(Announcement::decode(&a.encode()).unwrap(), a);
     }

@@ -139,6 +139,11 @@ pub struct Computed {
 /// Where values come from that the commit's records do not hold (the newest state).
 pub trait Source {
     fn read(&mut self, path: &str) -> crate::Result<Value>;
+    /// Whether reads show the state of the commit itself (else: of it or a later one, and
+    /// the values read are marked `reread`).
+    fn exact(&self) -> bool {
+        false
+    }
 }
 
 /// A changed record with its key decoded. `chunk`: a hidden chunk record of the long value at
@@ -305,7 +310,7 @@ fn new_value(
         }
     }
     match src.read(path) {
-        Ok(v) => Ok((v, true)),
+        Ok(v) => Ok((v, !src.exact())),
         Err(e) => Err(EventsError::Record(format!("{path}: {e}"))),
     }
 }

@@ -172,7 +172,7 @@ impl Sub {
         txn: u64,
         changed: &[Vec<crate::path::Segment>],
         changes: Option<&[Change<'_>]>,
-        src: &mut Latest<'_>,
+        src: &mut impl Source,
     ) -> bool {
         if txn <= self.after || !changed.iter().any(|c| self.pattern.overlaps(c)) {
             return true;
@@ -202,9 +202,33 @@ impl Sub {
     }
 }
 
+/// Values read from the state of the commit itself.
+struct At<'s, 'a> {
+    snap: &'s Snapshot<'a>,
+}
+
+impl Source for At<'_, '_> {
+    fn read(&mut self, p: &str) -> Result<Value> {
+        self.snap.get(p)
+    }
+    fn exact(&self) -> bool {
+        true
+    }
+}
+
 /// Deliver what the reorder buffer handed out to every subscriber, dropping those whose
-/// receiver is gone. One snapshot per commit serves all of them.
-fn deliver(db: &Db, subs: &mut Vec<Sub>, steps: Vec<Step<Announcement>>) {
+/// receiver is gone.
+///
+/// `pin` is a snapshot of the last commit delivered (or older): while it is open no process
+/// reuses the pages of any later commit, so the values of commit `txn` are read from `txn`'s
+/// own tree (its root travels in the announcement), exactly as they were. Then the pin moves
+/// to `txn`. Without a pin or a root, values come from the newest state (`reread`).
+fn deliver<'a>(
+    db: &'a Db,
+    subs: &mut Vec<Sub>,
+    pin: &mut Option<Snapshot<'a>>,
+    steps: Vec<Step<Announcement>>,
+) {
     for step in steps {
         match step {
             Step::Gap { from, to } => subs.retain_mut(|s| s.missed(from, to)),
@@ -219,8 +243,34 @@ fn deliver(db: &Db, subs: &mut Vec<Sub>, steps: Vec<Step<Announcement>>) {
                 let changes = records
                     .as_deref()
                     .and_then(|r| crate::changes::decode(r).ok());
-                let mut src = Latest { db, snap: None };
-                subs.retain_mut(|s| s.commit(txn, &changed, changes.as_deref(), &mut src));
+                let pinned = pin.as_ref().map(|p| p.txn());
+                let fresh = match (pinned, a.head) {
+                    (Some(p), Some((root, pages))) if p < txn => {
+                        db.snapshot_of(txn, root, pages).ok()
+                    }
+                    _ => None,
+                };
+                let exact = match (&fresh, pin.as_ref()) {
+                    (Some(f), _) => Some(f),
+                    (None, Some(p)) if p.txn() == txn => Some(p),
+                    _ => None,
+                };
+                match exact {
+                    Some(snap) => {
+                        let mut src = At { snap };
+                        subs.retain_mut(|s| s.commit(txn, &changed, changes.as_deref(), &mut src));
+                    }
+                    None => {
+                        let mut src = Latest { db, snap: None };
+                        subs.retain_mut(|s| s.commit(txn, &changed, changes.as_deref(), &mut src));
+                    }
+                }
+                if fresh.is_some() {
+                    *pin = fresh;
+                } else if pinned.is_none_or(|p| p < txn) {
+                    // lost track: follow from the newest state on
+                    *pin = db.snapshot().ok();
+                }
             }
         }
     }
@@ -265,7 +315,9 @@ async fn serve(
     let mut order = InOrder::new(REORDER_WAIT);
     // every commit after this one is announced to us: the subscription is in effect, and a
     // commit is announced after its meta page is written, so after this read saw an older one
-    if let Some(last) = newest(db) {
+    // the pin: see `deliver`
+    let mut pin = db.snapshot().ok();
+    if let Some(last) = pin.as_ref().map(|p| p.txn()) {
         order.start_at(last + 1);
         for s in &mut subs {
             s.after = last;
@@ -296,7 +348,7 @@ async fn serve(
                 continue;
             }
             _ = sleep_until(deadline) => {
-                deliver(db, &mut subs, order.expire(Instant::now()));
+                deliver(db, &mut subs, &mut pin, order.expire(Instant::now()));
                 continue;
             }
         };
@@ -306,11 +358,18 @@ async fn serve(
                 subject, payload, ..
             } if subject == COMMITS_SUBJECT => {
                 if let Ok(a) = Announcement::decode(&payload) {
-                    deliver(db, &mut subs, order.push(a.txn, a, Instant::now()));
+                    deliver(
+                        db,
+                        &mut subs,
+                        &mut pin,
+                        order.push(a.txn, a, Instant::now()),
+                    );
                 }
             }
             IpcEvent::Disconnected { .. } => {
                 down = true;
+                // commits go on without us: do not hold their space back
+                pin = None;
                 subs.retain_mut(|s| s.disconnected());
             }
             IpcEvent::Connected { .. } if down => {
@@ -318,8 +377,9 @@ async fn serve(
                 // newest one in the files that were not announced to us are missed
                 down = false;
                 let _ = client.flush().await;
-                if let Some(last) = newest(db) {
-                    deliver(db, &mut subs, order.skip_through(last));
+                pin = db.snapshot().ok();
+                if let Some(last) = pin.as_ref().map(|p| p.txn()) {
+                    deliver(db, &mut subs, &mut pin, order.skip_through(last));
                 }
             }
             _ => {}
