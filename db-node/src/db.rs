@@ -183,6 +183,10 @@ pub(crate) fn node<'a>(
     Ok(p)
 }
 
+mod group;
+mod snapshot;
+pub use snapshot::Snapshot;
+
 impl Db {
     /// Open the database in `dir`, creating it if the directory or its data file is missing.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
@@ -379,66 +383,6 @@ impl Db {
         })
     }
 
-    /// A snapshot of commit `txn` (root page `root`, `page_count` pages), whatever commits came
-    /// since. Sound only while an open snapshot of this handle at `txn` or older protects the
-    /// pages of that commit (see [`crate::readers`]); refused otherwise.
-    pub(crate) fn snapshot_of(
-        &self,
-        txn: u64,
-        root: PageId,
-        page_count: u64,
-    ) -> Result<Snapshot<'_>> {
-        let g = self
-            .group
-            .as_ref()
-            .ok_or_else(|| Error::Aborted("only a group member reads past commits".into()))?;
-        let mut s = lock(&self.shared);
-        if !s.readers.iter().any(|r| r.0 <= txn) {
-            return Err(Error::Aborted(format!(
-                "the pages of commit {txn} are not protected by a snapshot"
-            )));
-        }
-        if page_count > s.map.pages() {
-            s.map = Arc::new(crate::store::map_current(&self.data_path, &g.data)?);
-        }
-        match s.readers.iter_mut().find(|r| r.0 == txn) {
-            Some(r) => r.1 += 1,
-            None => s.readers.push((txn, 1)),
-        }
-        Ok(Snapshot {
-            db: self,
-            map: s.map.clone(),
-            head: Head {
-                txn,
-                root,
-                page_count,
-            },
-        })
-    }
-
-    /// Readers of a group: adopt the newest commit in the data file (any process's).
-    fn refresh_head(&self, s: &mut Shared, g: &Group) -> Result<()> {
-        let Some((_, m)) = newest_checkpoint(&s.map) else {
-            return Err(Error::Corrupt {
-                path: self.data_path.clone(),
-                detail: "no valid meta page (another process damaged it?)".into(),
-            });
-        };
-        if m.txn == s.head.txn {
-            return Ok(());
-        }
-        if m.page_count > s.map.pages() {
-            s.map = Arc::new(crate::store::map_current(&self.data_path, &g.data)?);
-        }
-        s.head = Head {
-            txn: m.txn,
-            root: m.root,
-            page_count: m.page_count,
-        };
-        self.fence_seen.fetch_max(m.fence, Ordering::Relaxed);
-        Ok(())
-    }
-
     pub fn get(&self, path: &str) -> Result<Value> {
         self.snapshot()?.get(path)
     }
@@ -488,34 +432,6 @@ impl Db {
             }
         })?;
         Ok(done.then_some(info))
-    }
-
-    /// [`Db::transaction`] of a group member: read under the lock from a snapshot, run `f`
-    /// with no turn held, then write the result in a commit step. Nobody else can change
-    /// `path` in between: the write lock on it is ours until the commit (the lease is renewed
-    /// while `f` runs; a lock taken back meanwhile makes the commit fail with `Fenced`).
-    fn transaction_in_group<F>(&self, path: &str, mut f: F) -> Result<Option<CommitInfo>>
-    where
-        F: FnMut(Value) -> Option<Value>,
-    {
-        let segs = vec![path::parse(path)?];
-        let grant = self
-            .locks
-            .acquire(&segs, self.fence_seen.load(Ordering::Relaxed))?;
-        let result = (|| {
-            let current = self.snapshot()?.get(path)?;
-            let Some(new) = f(current) else {
-                return Ok(None);
-            };
-            let (_, info) =
-                self.commit_step(&mut lock(&self.writer), &grant, |t| t.set(path, new))?;
-            Ok(Some(info))
-        })();
-        self.locks.release(&grant);
-        if let Ok(Some(info)) = &result {
-            self.notify(info);
-        }
-        result
     }
 
     /// Run `f` as one atomic transaction over the whole tree (a batch of operations).
@@ -577,138 +493,6 @@ impl Db {
         }
     }
 
-    /// A coordinated write: the write right first (a round trip to the master, while other
-    /// threads and processes go on committing), then the short commit step in the turn.
-    fn write_in_group<R>(
-        &self,
-        segs: &[Vec<Segment>],
-        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R>,
-    ) -> Result<(R, CommitInfo)> {
-        let grant = self
-            .locks
-            .acquire(segs, self.fence_seen.load(Ordering::Relaxed))?;
-        let result = self.commit_step(&mut lock(&self.writer), &grant, f);
-        self.locks.release(&grant);
-        let (r, info) = result?;
-        self.notify(&info);
-        Ok((r, info))
-    }
-
-    /// The commit step of a group member, in the turn: adopt the newest state of the files,
-    /// run `f` on it, commit, and announce the commit while still in the turn (so
-    /// announcements leave in commit order).
-    fn commit_step<R>(
-        &self,
-        w: &mut Writer,
-        grant: &Grant,
-        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R>,
-    ) -> Result<(R, CommitInfo)> {
-        let g = self
-            .group
-            .as_ref()
-            .ok_or_else(|| Error::Aborted("commit step outside a coordinated group".into()))?;
-        let _turn = g.turn.exclusive()?;
-        self.refresh_writer(w)?;
-        // pages retired by commits that a snapshot somewhere may still read wait
-        w.space.reclaim(g.readers.oldest());
-        let (r, info, head) = self.run(w, grant, f)?;
-        if let Some(head) = head {
-            let mut s = lock(&self.shared);
-            s.head = head;
-            s.map = w.file.map.clone();
-            drop(s);
-            self.fence_seen.fetch_max(w.meta.fence, Ordering::Relaxed);
-            self.locks.announce(&info);
-        }
-        Ok((r, info))
-    }
-
-    /// Adopt the newest commit in the data file (made by any process of the group): its meta,
-    /// its allocation table, and a mapping that covers it. Cheap when this process made the
-    /// last commit (nothing to do).
-    fn refresh_writer(&self, w: &mut Writer) -> Result<Refreshed> {
-        let Some((slot, m)) = newest_checkpoint(&w.file.map) else {
-            return Err(Error::Corrupt {
-                path: self.data_path.clone(),
-                detail: "no valid meta page".into(),
-            });
-        };
-        if m.txn == w.meta.txn && w.failed.is_none() {
-            return Ok(Refreshed::default());
-        }
-        w.file.ensure_pages(m.page_count)?;
-        // Read only what changed since the state this process knew (usually the allocation
-        // log in the meta page and a bitmap page or two); a full load if that fails.
-        let refreshed = match w
-            .table
-            .reload(&w.file.map, m.alloc_index, m.page_count, &m.delta)
-        {
-            Ok(flipped) => Refreshed {
-                flipped,
-                full: false,
-            },
-            Err(_) => {
-                w.table = AllocTable::load(&w.file.map, m.alloc_index, m.page_count, &m.delta)
-                    .map_err(|d| Error::Corrupt {
-                        path: self.data_path.clone(),
-                        detail: d,
-                    })?;
-                Refreshed {
-                    flipped: Vec::new(),
-                    full: true,
-                }
-            }
-        };
-        let flipped = (!refreshed.full).then_some(refreshed.flipped.as_slice());
-        let (table, space) = (&w.table, &mut w.space);
-        space.adopt(table, m.page_count, m.txn, flipped);
-        w.since = crate::commit::SinceCheckpoint {
-            txn: m.txn,
-            root: m.root,
-            records: m.records,
-            page_count: m.page_count,
-            ..Default::default()
-        };
-        w.next_ckpt_slot = slot ^ 1;
-        w.meta = Meta {
-            written: Vec::new(),
-            ..m
-        };
-        w.failed = None;
-        self.fence_seen.fetch_max(w.meta.fence, Ordering::Relaxed);
-        Ok(refreshed)
-    }
-
-    /// A group member's handle follows the allocation state of the files (the master does,
-    /// for its allocation table): adopt the newest commit under the shared turn, waiting at
-    /// most `wait` for it (`None` if it stayed busy), and call `f` with the table, the page
-    /// count and what changed since the last call.
-    pub(crate) fn follow_alloc<R>(
-        &self,
-        wait: Duration,
-        f: impl FnOnce(&AllocTable, u64, u64, &Refreshed) -> R,
-    ) -> Result<Option<R>> {
-        let g = self
-            .group
-            .as_ref()
-            .ok_or_else(|| Error::Aborted("only a group member follows the files".into()))?;
-        let mut w = lock(&self.writer);
-        let _turn = match g.turn.shared_for(wait) {
-            Ok(t) => t,
-            Err(Error::LockTimeout(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let r = self.refresh_writer(&mut w)?;
-        Ok(Some(f(&w.table, w.meta.page_count, w.meta.txn, &r)))
-    }
-
-    /// Where this handle's writer gets file space (a group member: from the master).
-    pub(crate) fn set_space(&self, space: impl FnOnce(u64) -> Box<dyn SpaceAllocator>) {
-        let mut w = lock(&self.writer);
-        let pc = w.space.page_count();
-        w.space = space(pc);
-    }
-
     fn run<R>(
         &self,
         w: &mut Writer,
@@ -729,13 +513,6 @@ impl Db {
                 let (info, head) = t.commit()?;
                 Ok((r, info, head))
             }
-        }
-    }
-
-    fn refresh_writer_if_group(&self, w: &mut Writer) -> Result<()> {
-        match self.group {
-            Some(_) => self.refresh_writer(w).map(|_| ()),
-            None => Ok(()),
         }
     }
 
@@ -834,111 +611,8 @@ impl Writer {
     }
 }
 
-/// The newest valid checkpoint among the data file's two meta slots, and its slot. Group
-/// members only read it in the turn, so no meta page is being written meanwhile.
-/// What adopting a newer commit changed in the allocation table.
-#[derive(Debug, Default)]
-pub(crate) struct Refreshed {
-    /// Pages whose state (in use / free) flipped.
-    pub flipped: Vec<PageId>,
-    /// The table was loaded whole: `flipped` is unknown.
-    pub full: bool,
-}
-
 fn newest_checkpoint(map: &Map) -> Option<(u64, Meta)> {
     (0..2u64)
         .filter_map(|i| Some((i, Meta::decode(map.page(i)?).ok()?)))
         .max_by_key(|(_, m)| m.txn)
-}
-
-/// A consistent, read-only view of one committed transaction.
-pub struct Snapshot<'a> {
-    db: &'a Db,
-    map: Arc<Map>,
-    head: Head,
-}
-
-impl Drop for Snapshot<'_> {
-    fn drop(&mut self) {
-        let mut s = lock(&self.db.shared);
-        if let Some(i) = s.readers.iter().position(|r| r.0 == self.head.txn) {
-            s.readers[i].1 -= 1;
-            if s.readers[i].1 == 0 {
-                s.readers.swap_remove(i);
-                if let Some(g) = &self.db.group {
-                    let oldest = s.readers.iter().map(|r| r.0).min().unwrap_or(0);
-                    g.readers.publish(g.slot, oldest);
-                }
-            }
-        }
-    }
-}
-
-impl Pages for Snapshot<'_> {
-    fn node(&self, id: PageId, kind: Option<u8>) -> Result<&[u8]> {
-        node(
-            &self.map,
-            &self.db.data_path,
-            self.head.page_count,
-            id,
-            kind,
-        )
-    }
-    fn corrupt(&self, detail: String) -> Error {
-        Error::Corrupt {
-            path: self.db.data_path.clone(),
-            detail,
-        }
-    }
-}
-
-impl Snapshot<'_> {
-    /// Transaction id this snapshot shows.
-    pub fn txn(&self) -> u64 {
-        self.head.txn
-    }
-    fn key(path: &str) -> Result<Vec<u8>> {
-        path::key_of(path)
-    }
-    /// The whole value at `path` (Null if absent).
-    pub fn get(&self, path: &str) -> Result<Value> {
-        tree::read(self, self.head.root, &Self::key(path)?)
-    }
-    /// The object at `path` with only the listed children.
-    pub fn get_children(&self, path: &str, only: &[&str]) -> Result<Value> {
-        let segs: Vec<Segment> = only
-            .iter()
-            .map(|c| {
-                let s = path::parse(c)?;
-                match s.as_slice() {
-                    [one] => Ok(one.clone()),
-                    _ => Err(Error::InvalidPath {
-                        path: c.to_string(),
-                        reason: "expected one child key".into(),
-                    }),
-                }
-            })
-            .collect::<Result<_>>()?;
-        tree::read_some(self, self.head.root, &Self::key(path)?, &segs)
-    }
-    pub fn exists(&self, path: &str) -> Result<bool> {
-        Ok(self.kind(path)?.is_some())
-    }
-    pub fn kind(&self, path: &str) -> Result<Option<Kind>> {
-        tree::kind_at(self, self.head.root, &Self::key(path)?)
-    }
-    /// Children of `path` in key order, after the child `after`, at most `limit`.
-    pub fn children(&self, path: &str, after: Option<&str>, limit: usize) -> Result<Vec<Child>> {
-        let after = match after {
-            None => None,
-            Some(a) => path::parse(a)?.pop(),
-        };
-        tree::children(
-            self,
-            self.head.root,
-            &Self::key(path)?,
-            after.as_ref(),
-            limit,
-        )
-    }
 }
