@@ -12,19 +12,22 @@
 //! that retires pages of it comes later, and the master (which looks at the slots after it
 //! looked at such a commit) sees the slot. If one appeared, the handle starts over with it.
 //!
-//! A slot names its holder (pid and the process's start time, so a reused pid is not taken
-//! for the holder). A slot whose process is gone is ignored and taken over.
+//! **Who holds a slot** is decided by a kernel lock, not by process ids: the holder keeps an
+//! open-file-description lock (`F_OFD_SETLK`) on the slot's 32 bytes for as long as its handle
+//! is open, and the kernel drops it when the process dies. A slot whose lock nobody holds is
+//! free, whatever it contains. This also works between processes in different pid namespaces
+//! (containers sharing the volume on one host), where process ids mean nothing.
 //!
 //! Layout: a 4 KiB header (`DBNREAD1`, slot count u64, slots ever claimed u64: readers scan
-//! only those), then 1,024 slots of 32 bytes:
-//! `pid` u64 (0: free), `start` u64 (process start time, clock ticks since boot), `txn` u64
-//! (0: no snapshot), 8 bytes reserved. Every access is an atomic 8-byte operation.
+//! only those), then 1,024 slots of 32 bytes: `pid` u64 (for people reading the file), `txn`
+//! u64 (0: no snapshot), 16 bytes reserved. Every access is an atomic 8-byte operation.
 
 use crate::error::{Error, Result};
 use memmap2::{MmapOptions, MmapRaw};
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 pub const READERS_FILE: &str = "readers.map";
 const MAGIC: &[u8; 8] = b"DBNREAD1";
@@ -33,9 +36,12 @@ const SLOTS: usize = 1024;
 const SLOT: usize = 32;
 const LEN: usize = HEADER + SLOTS * SLOT;
 
-/// A mapping of `readers.map`.
+/// A mapping of `readers.map`, with the slots this handle holds.
 pub struct ReaderTable {
     raw: MmapRaw,
+    /// The open file description that holds this handle's slot locks.
+    file: File,
+    mine: Mutex<Vec<usize>>,
 }
 
 impl ReaderTable {
@@ -55,7 +61,11 @@ impl ReaderTable {
             file.set_len(LEN as u64).map_err(io)?;
         }
         let raw = MmapOptions::new().len(LEN).map_raw(&file).map_err(io)?;
-        let t = ReaderTable { raw };
+        let t = ReaderTable {
+            raw,
+            file,
+            mine: Mutex::new(Vec::new()),
+        };
         let magic = u64::from_le_bytes(*MAGIC);
         let _ = t
             .word(0)
@@ -81,59 +91,54 @@ impl ReaderTable {
         self.word((HEADER + i * SLOT) / 8 + field)
     }
 
-    /// Take a free slot (or one of a process that is gone) for this process.
+    fn mine(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.mine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take a slot nobody holds (free, or left by a process that died).
     pub fn claim(&self) -> Result<usize> {
-        let me = Holder::current();
-        for pass in 0..2 {
-            for i in 0..SLOTS {
-                let pid = self.slot(i, 0).load(Ordering::SeqCst);
-                let free = pid == 0
-                    || (pass == 1 && !Holder::alive(pid, self.slot(i, 1).load(Ordering::SeqCst)));
-                if free
-                    && self
-                        .slot(i, 0)
-                        .compare_exchange(pid, me.pid, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_ok()
-                {
-                    self.slot(i, 2).store(0, Ordering::SeqCst);
-                    self.slot(i, 1).store(me.start, Ordering::SeqCst);
-                    self.word(2).fetch_max(i as u64 + 1, Ordering::SeqCst);
-                    return Ok(i);
-                }
+        for i in 0..SLOTS {
+            if slot_lock(&self.file, i, Lock::Take) {
+                self.slot(i, 1).store(0, Ordering::SeqCst);
+                self.slot(i, 0)
+                    .store(std::process::id() as u64, Ordering::SeqCst);
+                self.word(2).fetch_max(i as u64 + 1, Ordering::SeqCst);
+                self.mine().push(i);
+                return Ok(i);
             }
         }
         Err(Error::Aborted(format!(
-            "all {SLOTS} reader slots of {READERS_FILE} are taken by live processes"
+            "all {SLOTS} reader slots of {READERS_FILE} are held by open handles"
         )))
     }
 
     /// Publish the oldest commit slot `i` may read (0: none).
     pub fn publish(&self, i: usize, txn: u64) {
-        self.slot(i, 2).store(txn, Ordering::SeqCst);
+        self.slot(i, 1).store(txn, Ordering::SeqCst);
     }
 
     /// Give slot `i` back.
     pub fn release(&self, i: usize) {
-        self.slot(i, 2).store(0, Ordering::SeqCst);
         self.slot(i, 1).store(0, Ordering::SeqCst);
         self.slot(i, 0).store(0, Ordering::SeqCst);
+        self.mine().retain(|&s| s != i);
+        slot_lock(&self.file, i, Lock::Give);
     }
 
-    /// The oldest commit any live process may still read (`u64::MAX`: none). Slots of
-    /// processes that are gone are cleared on the way.
+    /// The oldest commit any open handle may still read (`u64::MAX`: none). Slots nobody
+    /// holds any more (their process died) are cleared on the way.
     pub fn oldest(&self) -> u64 {
         let mut oldest = u64::MAX;
         let used = (self.word(2).load(Ordering::SeqCst) as usize).min(SLOTS);
         for i in 0..used {
-            let txn = self.slot(i, 2).load(Ordering::SeqCst);
+            let txn = self.slot(i, 1).load(Ordering::SeqCst);
             if txn == 0 || txn >= oldest {
                 continue;
             }
-            let pid = self.slot(i, 0).load(Ordering::SeqCst);
-            if pid != 0 && !Holder::alive(pid, self.slot(i, 1).load(Ordering::SeqCst)) {
+            if !self.mine().contains(&i) && !slot_lock(&self.file, i, Lock::IsHeld) {
                 // the holder died with a snapshot open
                 let _ =
-                    self.slot(i, 2)
+                    self.slot(i, 1)
                         .compare_exchange(txn, 0, Ordering::SeqCst, Ordering::SeqCst);
                 continue;
             }
@@ -143,40 +148,44 @@ impl ReaderTable {
     }
 }
 
-/// A process, as `/proc` names it.
-struct Holder {
-    pid: u64,
-    start: u64,
+enum Lock {
+    /// Lock the slot if nobody holds it; whether we got it.
+    Take,
+    /// Unlock it.
+    Give,
+    /// Whether another open file description holds it.
+    IsHeld,
 }
 
-impl Holder {
-    fn current() -> Holder {
-        let pid = std::process::id() as u64;
-        Holder {
-            pid,
-            start: start_time(pid).unwrap_or(0),
-        }
-    }
-
-    /// Whether process `pid`, started at `start`, still runs. Without `/proc` a process is
-    /// taken to be alive (a slot is then never taken over: safe, maybe wasteful).
-    fn alive(pid: u64, start: u64) -> bool {
-        if !Path::new("/proc/self").exists() {
-            return true;
-        }
-        match start_time(pid) {
-            Some(s) => start == 0 || s == start,
-            None => false,
-        }
+/// Open-file-description locks on slot `i`'s bytes (Linux). They belong to the open file,
+/// not to a process id, and the kernel drops them when the last descriptor closes.
+#[cfg(target_os = "linux")]
+fn slot_lock(file: &File, i: usize, what: Lock) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed `flock` is a valid value; the fields that matter are set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = (HEADER + i * SLOT) as libc::off_t;
+    fl.l_len = SLOT as libc::off_t;
+    let (cmd, kind) = match what {
+        Lock::Take => (libc::F_OFD_SETLK, libc::F_WRLCK),
+        Lock::Give => (libc::F_OFD_SETLK, libc::F_UNLCK),
+        Lock::IsHeld => (libc::F_OFD_GETLK, libc::F_WRLCK),
+    };
+    fl.l_type = kind as libc::c_short;
+    // SAFETY: `fl` is a valid flock for the duration of the call; the descriptor is open.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) };
+    match what {
+        Lock::Take | Lock::Give => r == 0,
+        // a conflicting lock is described in `fl`; none leaves F_UNLCK there
+        Lock::IsHeld => r != 0 || fl.l_type != libc::F_UNLCK as libc::c_short,
     }
 }
 
-/// Start time of process `pid` (field 22 of `/proc/PID/stat`), if it exists.
-fn start_time(pid: u64) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // the command name (field 2) is in parentheses and may contain anything
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+/// Elsewhere: slots are taken by process-local bookkeeping only and never taken over.
+#[cfg(not(target_os = "linux"))]
+fn slot_lock(_file: &File, _i: usize, what: Lock) -> bool {
+    !matches!(what, Lock::Take)
 }
 
 #[cfg(test)]
@@ -191,26 +200,26 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_reader_holds_back_and_dead_ones_do_not() {
+    fn the_oldest_reader_holds_back_and_slots_nobody_holds_do_not() {
         let d = tmp("oldest");
         let a = ReaderTable::open(&d).unwrap();
         let b = ReaderTable::open(&d).unwrap();
-        assert_eq!(a.oldest(), u64::MAX);
+        let master = ReaderTable::open(&d).unwrap();
+        assert_eq!(master.oldest(), u64::MAX);
         let (sa, sb) = (a.claim().unwrap(), b.claim().unwrap());
-        assert_ne!(sa, sb);
+        assert_ne!(sa, sb, "a held slot is not taken again");
         a.publish(sa, 7);
         b.publish(sb, 5);
-        assert_eq!(a.oldest(), 5);
+        assert_eq!(master.oldest(), 5);
+        assert_eq!(a.oldest(), 5, "its own slot counts too");
         b.publish(sb, 0);
-        assert_eq!(b.oldest(), 7);
-        // a slot of a process that is gone (a pid that cannot exist) does not count
-        let ghost = b.claim().unwrap();
-        b.slot(ghost, 0)
-            .store(u32::MAX as u64 + 7, Ordering::SeqCst);
-        b.publish(ghost, 2);
-        assert_eq!(a.oldest(), 7);
-        a.release(sa);
-        assert_eq!(a.oldest(), u64::MAX);
-        assert!(start_time(std::process::id() as u64).is_some());
+        assert_eq!(master.oldest(), 7);
+        // a handle that goes away without releasing (its process died): the kernel drops its
+        // lock, and its slot no longer counts
+        drop(a);
+        assert_eq!(master.oldest(), u64::MAX);
+        // and it can be taken again
+        let c = ReaderTable::open(&d).unwrap();
+        assert_eq!(c.claim().unwrap(), sa);
     }
 }
