@@ -97,6 +97,8 @@ struct Shared {
     /// Open snapshots: (transaction id, count). A short vector (few distinct ids are open at
     /// once) that keeps its capacity, so taking a snapshot does not allocate.
     readers: Vec<(u64, usize)>,
+    /// Group: the commit counter (`crate::readers`) when `head` was last brought up to date.
+    seen_commits: u64,
 }
 
 pub(crate) struct Writer {
@@ -114,6 +116,8 @@ pub(crate) struct Writer {
     pub redo: RedoFile,
     pub next_ckpt_slot: u64,
     pub next_redo_slot: u64,
+    /// Group: the commit counter (`crate::readers`) when this writer last adopted the files.
+    pub seen_commits: u64,
     failed: Option<String>,
     recovered: bool,
 }
@@ -242,6 +246,7 @@ impl Db {
             head,
             map: file.map.clone(),
             readers: Vec::with_capacity(8),
+            seen_commits: u64::MAX,
         };
         let since = crate::commit::SinceCheckpoint {
             txn: meta.base,
@@ -276,6 +281,7 @@ impl Db {
             redo: redo_file,
             next_ckpt_slot: chosen.next_ckpt_slot,
             next_redo_slot: chosen.next_redo_slot,
+            seen_commits: u64::MAX,
             failed: None,
             recovered,
         };
@@ -359,16 +365,19 @@ impl Db {
         if let Some(g) = &self.group {
             // register in the reader table before the pages are read (see `crate::readers`)
             loop {
-                self.refresh_head(&mut s, g)?;
+                let before = g.readers.commits();
+                if before != s.seen_commits {
+                    self.refresh_head(&mut s, g)?;
+                }
                 let t = s.head.txn;
-                if s.readers.iter().any(|r| r.0 <= t) {
-                    break; // an older snapshot of this handle protects it already
-                }
-                g.readers.publish(g.slot, t);
-                match newest_checkpoint(&s.map) {
-                    Some((_, m)) if m.txn != t => continue,
-                    _ => break,
-                }
+                if !s.readers.iter().any(|r| r.0 <= t) {
+                    g.readers.publish(g.slot, t);
+                    if g.readers.commits() != before {
+                        continue; // a commit slipped in: start over with it
+                    }
+                } // else an older snapshot of this handle protects it already
+                s.seen_commits = before;
+                break;
             }
         }
         let head = s.head;

@@ -18,8 +18,13 @@
 //! free, whatever it contains. This also works between processes in different pid namespaces
 //! (containers sharing the volume on one host), where process ids mean nothing.
 //!
+//! Every commit of the group bumps a counter in the header after its meta page is written and
+//! before it gives the commit turn back. A snapshot reads it before and after publishing: if
+//! it did not move, no commit can have slipped in unseen, and when it has not moved since the
+//! last snapshot the newest meta page need not even be read again.
+//!
 //! Layout: a 4 KiB header (`DBNREAD1`, slot count u64, slots ever claimed u64: readers scan
-//! only those), then 1,024 slots of 32 bytes: `pid` u64 (for people reading the file), `txn`
+//! only those, commit counter u64), then 1,024 slots of 32 bytes: `pid` u64 (for people reading the file), `txn`
 //! u64 (0: no snapshot), 16 bytes reserved. Every access is an atomic 8-byte operation.
 
 use crate::error::{Error, Result};
@@ -110,6 +115,17 @@ impl ReaderTable {
         Err(Error::Aborted(format!(
             "all {SLOTS} reader slots of {READERS_FILE} are held by open handles"
         )))
+    }
+
+    /// The group's commit counter.
+    pub fn commits(&self) -> u64 {
+        self.word(3).load(Ordering::SeqCst)
+    }
+
+    /// A commit was made (its meta page is written; the committer still holds the turn).
+    /// Returns the new counter.
+    pub fn bump(&self) -> u64 {
+        self.word(3).fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Publish the oldest commit slot `i` may read (0: none).

@@ -136,13 +136,22 @@ impl Db {
             .as_ref()
             .ok_or_else(|| Error::Aborted("commit step outside a coordinated group".into()))?;
         let _turn = g.turn.exclusive()?;
-        self.refresh_writer(w)?;
+        // nobody committed since this writer's last look: its state is the newest
+        let counter = g.readers.commits();
+        if counter != w.seen_commits || w.failed.is_some() {
+            self.refresh_writer(w)?;
+            w.seen_commits = counter;
+        }
         // pages retired by commits that a snapshot somewhere may still read wait
         w.space.reclaim(g.readers.oldest());
         let (r, info, head) = self.run(w, grant, f)?;
         if let Some(head) = head {
+            // still in the turn: nobody else committed since, so the counter now names ours
+            let counter = g.readers.bump();
+            w.seen_commits = counter;
             let mut s = lock(&self.shared);
             s.head = head;
+            s.seen_commits = counter;
             s.map = w.file.map.clone();
             drop(s);
             self.fence_seen.fetch_max(w.meta.fence, Ordering::Relaxed);
