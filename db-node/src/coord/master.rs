@@ -21,7 +21,6 @@ use super::files::{namespace_for, FenceReserve, FileLockError, MasterLock};
 use super::lock_table::{Changes, LockTable, Outcome, Owner};
 use super::pages::PageRanges;
 use super::space::SpaceTable;
-use super::space_pool::TOP_UP;
 use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
 use crate::alloc::NoSpace;
 use crate::error::Error;
@@ -144,6 +143,11 @@ pub async fn run_master(
             .table
             .next_deadline()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        // settling pages are looked at within 100 ms
+        let wake = match m.space.settling_pages() {
+            0 => wake,
+            _ => wake.min(Instant::now() + Duration::from_millis(100)),
+        };
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
@@ -437,7 +441,9 @@ impl Master {
         if want == 0 {
             return Vec::new();
         }
-        if may_wait && (self.space.free_pages() < want || self.space.settling_pages() > TOP_UP) {
+        // (settling pages are looked at by the timer; a request waits for the turn only when
+        // the free list cannot serve it)
+        if may_wait && self.space.free_pages() < want {
             self.follow();
         }
         // pages retired by commits that a snapshot somewhere may still read wait
