@@ -23,6 +23,7 @@ mod open;
 pub mod page;
 pub mod path;
 pub mod readers;
+mod shared_words;
 pub mod store;
 pub mod tree;
 pub mod turn;

@@ -28,8 +28,8 @@
 //! u64 (0: no snapshot), 16 bytes reserved. Every access is an atomic 8-byte operation.
 
 use crate::error::{Error, Result};
-use memmap2::{MmapOptions, MmapRaw};
-use std::fs::{File, OpenOptions};
+use crate::shared_words::SharedWords;
+use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -43,9 +43,8 @@ const LEN: usize = HEADER + SLOTS * SLOT;
 
 /// A mapping of `readers.map`, with the slots this handle holds.
 pub struct ReaderTable {
-    raw: MmapRaw,
-    /// The open file description that holds this handle's slot locks.
-    file: File,
+    /// The mapping; its open file description holds this handle's slot locks.
+    words: SharedWords,
     mine: Mutex<Vec<usize>>,
 }
 
@@ -53,22 +52,8 @@ impl ReaderTable {
     /// Map the table of `dir`, creating it if needed.
     pub fn open(dir: &Path) -> Result<ReaderTable> {
         let path = dir.join(READERS_FILE);
-        let io = |e| Error::io(&path, e);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        if file.metadata().map_err(io)?.len() < LEN as u64 {
-            // zeroes: every slot free; several processes may do this at once, harmlessly
-            file.set_len(LEN as u64).map_err(io)?;
-        }
-        let raw = MmapOptions::new().len(LEN).map_raw(&file).map_err(io)?;
         let t = ReaderTable {
-            raw,
-            file,
+            words: SharedWords::create(&path, LEN)?,
             mine: Mutex::new(Vec::new()),
         };
         let magic = u64::from_le_bytes(*MAGIC);
@@ -86,10 +71,7 @@ impl ReaderTable {
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {
-        assert!(i < LEN / 8);
-        // SAFETY: the mapping is LEN bytes long, page aligned, and lives as long as `self`;
-        // every access to it, in every process, is an atomic 8-byte operation.
-        unsafe { &*(self.raw.as_mut_ptr().add(i * 8) as *const AtomicU64) }
+        self.words.word(i)
     }
 
     fn slot(&self, i: usize, field: usize) -> &AtomicU64 {
@@ -103,7 +85,7 @@ impl ReaderTable {
     /// Take a slot nobody holds (free, or left by a process that died).
     pub fn claim(&self) -> Result<usize> {
         for i in 0..SLOTS {
-            if slot_lock(&self.file, i, Lock::Take) {
+            if slot_lock(&self.words.file, i, Lock::Take) {
                 self.slot(i, 1).store(0, Ordering::SeqCst);
                 self.slot(i, 0)
                     .store(std::process::id() as u64, Ordering::SeqCst);
@@ -138,7 +120,7 @@ impl ReaderTable {
         self.slot(i, 1).store(0, Ordering::SeqCst);
         self.slot(i, 0).store(0, Ordering::SeqCst);
         self.mine().retain(|&s| s != i);
-        slot_lock(&self.file, i, Lock::Give);
+        slot_lock(&self.words.file, i, Lock::Give);
     }
 
     /// The oldest commit any open handle may still read (`u64::MAX`: none). Slots nobody
@@ -151,7 +133,7 @@ impl ReaderTable {
             if txn == 0 || txn >= oldest {
                 continue;
             }
-            if !self.mine().contains(&i) && !slot_lock(&self.file, i, Lock::IsHeld) {
+            if !self.mine().contains(&i) && !slot_lock(&self.words.file, i, Lock::IsHeld) {
                 // the holder died with a snapshot open
                 let _ =
                     self.slot(i, 1)

@@ -27,8 +27,7 @@
 //! checks first): two million grants within one lease, 70,000 grants/s for the 30 s default.
 
 use crate::error::{Error, Result};
-use memmap2::{MmapOptions, MmapRaw};
-use std::fs::OpenOptions;
+use crate::shared_words::SharedWords;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,7 +39,7 @@ const LEN: usize = HEADER + (BITS / 8) as usize;
 
 /// A mapping of `fence.map`.
 pub struct FenceMap {
-    raw: MmapRaw,
+    words: SharedWords,
 }
 
 impl FenceMap {
@@ -48,19 +47,9 @@ impl FenceMap {
     /// will grant is above it) with no live token. Call before granting anything.
     pub fn start(dir: &Path, base: u64) -> Result<FenceMap> {
         let path = dir.join(FENCE_MAP_FILE);
-        let io = |e| Error::io(&path, e);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        if file.metadata().map_err(io)?.len() != LEN as u64 {
-            file.set_len(LEN as u64).map_err(io)?;
-        }
-        let raw = MmapOptions::new().len(LEN).map_raw(&file).map_err(io)?;
-        let m = FenceMap { raw };
+        let m = FenceMap {
+            words: SharedWords::create(&path, LEN)?,
+        };
         // the base first: from this store on, tokens of earlier masters are refused
         m.word(1).store(base, Ordering::SeqCst);
         m.word(2).store(BITS, Ordering::SeqCst);
@@ -75,20 +64,13 @@ impl FenceMap {
     /// A worker's side: map the file the master wrote.
     pub fn open(dir: &Path) -> Result<FenceMap> {
         let path = dir.join(FENCE_MAP_FILE);
-        let io = |e| Error::io(&path, e);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        if file.metadata().map_err(io)?.len() < LEN as u64 {
+        let Some(words) = SharedWords::open(&path, LEN)? else {
             return Err(Error::Fenced(format!(
                 "{}: too short; no master has started here",
                 path.display()
             )));
-        }
-        let raw = MmapOptions::new().len(LEN).map_raw(&file).map_err(io)?;
-        let m = FenceMap { raw };
+        };
+        let m = FenceMap { words };
         if m.word(0).load(Ordering::SeqCst) != u64::from_le_bytes(*MAGIC) {
             return Err(Error::Fenced(format!(
                 "{}: not a fence map",
@@ -99,10 +81,7 @@ impl FenceMap {
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {
-        assert!(i < LEN / 8);
-        // SAFETY: the mapping is LEN bytes long, page aligned, and lives as long as `self`;
-        // every access to it, in every process, is an atomic 8-byte operation.
-        unsafe { &*(self.raw.as_mut_ptr().add(i * 8) as *const AtomicU64) }
+        self.words.word(i)
     }
 
     fn bit(&self, token: u64) -> (&AtomicU64, u64) {
