@@ -406,21 +406,14 @@ fn a_lock_request_queued_at_a_master_that_dies_fails_at_once() {
 
 #[test]
 fn library_roles_auto_master_and_worker() {
-    use db_node::{Db, Durability, Error, IpcOptions, Options, Role, Value};
+    use db_node::{Error, Role, Value};
     let server = Server::start();
     let dir = temp_db("roles");
     let open = |role: Role| {
-        let mut ipc = IpcOptions::new(server.url.clone());
-        ipc.role = role;
-        ipc.timeout = Duration::from_millis(1500);
-        Db::open(
-            &dir,
-            Options {
-                durability: Durability::NoSync,
-                ipc: Some(ipc),
-                ..Options::default()
-            },
-        )
+        member_with(&dir, &server.url, |ipc| {
+            ipc.role = role;
+            ipc.timeout = Duration::from_millis(1500);
+        })
     };
     let a = open(Role::Auto).expect("first auto");
     assert!(a.is_master());
@@ -704,22 +697,14 @@ fn file_space_held_by_dead_or_finished_workers_goes_back_to_the_master() {
 
 #[test]
 fn workers_that_outlive_several_masters_keep_the_files_consistent() {
-    use db_node::{Db, Durability, Error, IpcOptions, Options, Role, Value};
+    use db_node::{Error, Value};
     let server = Server::start();
     let dir = temp_db("eras");
     let mut m = master(&dir, &server.url);
     let open = || {
-        let mut ipc = IpcOptions::new(server.url.clone());
-        ipc.role = Role::Worker;
-        ipc.timeout = Duration::from_millis(1000);
-        Db::open(
-            &dir,
-            Options {
-                durability: Durability::NoSync,
-                ipc: Some(ipc),
-                ..Options::default()
-            },
-        )
+        member_with(&dir, &server.url, |ipc| {
+            ipc.timeout = Duration::from_millis(1000)
+        })
         .expect("open a worker")
     };
     let workers = [open(), open()];
@@ -782,21 +767,11 @@ fn workers_that_outlive_several_masters_keep_the_files_consistent() {
 
 #[test]
 fn a_slow_transaction_callback_holds_up_only_writers_of_its_path() {
-    use db_node::{Db, Durability, IpcOptions, Options, Role, Value};
+    use db_node::Value;
     let server = Server::start();
     let dir = temp_db("slowtxn");
     let _m = master(&dir, &server.url);
-    let mut ipc = IpcOptions::new(server.url.clone());
-    ipc.role = Role::Worker;
-    let db = Db::open(
-        &dir,
-        Options {
-            durability: Durability::NoSync,
-            ipc: Some(ipc),
-            ..Options::default()
-        },
-    )
-    .expect("open a worker");
+    let db = member_with(&dir, &server.url, |_| {}).expect("open a worker");
     db.set("slow", 1).expect("set");
     std::thread::scope(|s| {
         let (started_tx, started) = std::sync::mpsc::channel();
@@ -825,22 +800,14 @@ fn a_slow_transaction_callback_holds_up_only_writers_of_its_path() {
 
 #[test]
 fn a_long_snapshot_blocks_no_writer_and_its_pages_are_not_handed_out_again() {
-    use db_node::{Db, Durability, IpcOptions, Options, Role, Value};
+    use db_node::Value;
     let server = Server::start();
     let dir = temp_db("snapshot");
     let _m = master(&dir, &server.url);
     let open = || {
-        let mut ipc = IpcOptions::new(server.url.clone());
-        ipc.role = Role::Worker;
-        ipc.lock_wait = Duration::from_millis(500);
-        Db::open(
-            &dir,
-            Options {
-                durability: Durability::NoSync,
-                ipc: Some(ipc),
-                ..Options::default()
-            },
-        )
+        member_with(&dir, &server.url, |ipc| {
+            ipc.lock_wait = Duration::from_millis(500)
+        })
         .expect("open a worker")
     };
     let (a, b) = (open(), open());

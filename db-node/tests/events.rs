@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use db_node::coord::events::EventKind;
 use db_node::coord::realtime::Received;
-use db_node::{Db, Durability, IpcOptions, Options, Role};
+use db_node::{Db, Durability, Options};
 use serde_json::{json, Value as J};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -54,14 +54,7 @@ fn pcv(ls: &[J]) -> Vec<(J, J, J)> {
 
 /// A member of the group (a worker) in this process.
 fn writer(dir: &Path, url: &str) -> Db {
-    let mut ipc = IpcOptions::new(url);
-    ipc.role = Role::Worker;
-    let o = Options {
-        durability: Durability::NoSync,
-        ipc: Some(ipc),
-        ..Options::default()
-    };
-    Db::open(dir, o).expect("open a group member")
+    member_with(dir, url, |_| {}).expect("open a group member")
 }
 
 /// Events come in commit order (one commit may raise several).

@@ -248,3 +248,24 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> (bool, String, String) {
         None => panic!("command did not finish within {timeout:?}: {err}"),
     }
 }
+
+/// A member of the group in this process (nosync), opened with the IPC options `tweak` sets
+/// (the role is `Worker` unless it says otherwise).
+#[allow(dead_code)]
+pub fn member_with(
+    dir: &Path,
+    url: &str,
+    tweak: impl FnOnce(&mut db_node::IpcOptions),
+) -> db_node::Result<db_node::Db> {
+    let mut ipc = db_node::IpcOptions::new(url);
+    ipc.role = db_node::Role::Worker;
+    tweak(&mut ipc);
+    db_node::Db::open(
+        dir,
+        db_node::Options {
+            durability: db_node::Durability::NoSync,
+            ipc: Some(ipc),
+            ..db_node::Options::default()
+        },
+    )
+}
