@@ -64,3 +64,35 @@ where
     };
     Ok((thread, started))
 }
+
+/// [`start`] for a subscription to the post office (a watch, the events feed): its thread is
+/// called `name`, it has the post-office `timeout` plus a second to be in effect, and every
+/// failure is `MasterUnavailable`: "cannot start `thread` thread: …" when the thread cannot
+/// start, "`verb`: …" when the subscription fails or is not in effect in time.
+pub(crate) fn start_subscription<F, Fut>(
+    name: &str,
+    thread: &str,
+    verb: &str,
+    timeout: Duration,
+    task: F,
+) -> crate::error::Result<()>
+where
+    F: FnOnce(Ready<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>>,
+{
+    use crate::error::Error::MasterUnavailable;
+    let (_, started) = start(
+        name,
+        timeout + Duration::from_secs(1),
+        |e| e.to_string(),
+        task,
+    )
+    .map_err(|e| MasterUnavailable(format!("cannot start {thread} thread: {e}")))?;
+    match started {
+        Started::Ready => Ok(()),
+        Started::Failed(e) => Err(MasterUnavailable(format!("{verb}: {e}"))),
+        Started::TimedOut => Err(MasterUnavailable(format!(
+            "{verb}: no subscription in time"
+        ))),
+    }
+}

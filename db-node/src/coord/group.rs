@@ -219,11 +219,12 @@ impl Membership {
             self.options.watch_config(),
             pattern.to_owned(),
         );
-        let wait = cfg.timeout + Duration::from_secs(1);
-        let (_, started) = background::start(
+        let timeout = cfg.timeout;
+        background::start_subscription(
             "db-node-watch",
-            wait,
-            |e| e.to_string(),
+            "a watch",
+            "cannot watch",
+            timeout,
             move |ready: Ready<String>| async move {
                 watch(
                     &dir,
@@ -235,15 +236,8 @@ impl Membership {
                 .await
                 .map_err(|e| e.to_string())
             },
-        )
-        .map_err(|e| Error::MasterUnavailable(format!("cannot start a watch thread: {e}")))?;
-        match started {
-            Started::Ready => Ok(rx),
-            Started::Failed(e) => Err(Error::MasterUnavailable(format!("cannot watch: {e}"))),
-            Started::TimedOut => Err(Error::MasterUnavailable(
-                "cannot watch: no subscription in time".into(),
-            )),
-        }
+        )?;
+        Ok(rx)
     }
 }
 

@@ -17,7 +17,7 @@
 //! After either marker, read the state again.
 
 use super::announce::{Announcement, COMMITS_SUBJECT};
-use super::background::{self, Ready, Started};
+use super::background::{self, Ready};
 use super::events::{compute, EventKind, Pattern, Source};
 use super::order::{InOrder, Step};
 use super::watch::{sleep_until, subscribe_commits, WatchConfig, REORDER_WAIT};
@@ -417,24 +417,18 @@ impl Hub {
         let db = open_reader(dir, cfg.timeout)?;
         let (joins, rx) = amc::unbounded_channel();
         let wait = cfg.timeout + Duration::from_secs(1);
-        let (_, started) = background::start(
+        background::start_subscription(
             "db-node-events",
-            wait,
-            |e| e.to_string(),
+            "an events",
+            "cannot subscribe",
+            cfg.timeout,
             move |ready: Ready<String>| async move {
                 serve(&db, cfg, Vec::new(), Some(rx), move || ready.signal())
                     .await
                     .map_err(|e| e.to_string())
             },
-        )
-        .map_err(|e| Error::MasterUnavailable(format!("cannot start an events thread: {e}")))?;
-        match started {
-            Started::Ready => Ok(Hub { joins, wait }),
-            Started::Failed(e) => Err(Error::MasterUnavailable(format!("cannot subscribe: {e}"))),
-            Started::TimedOut => Err(Error::MasterUnavailable(
-                "cannot subscribe: no subscription in time".into(),
-            )),
-        }
+        )?;
+        Ok(Hub { joins, wait })
     }
 
     /// Whether the feed still runs (it stops if its connection is closed for good).
