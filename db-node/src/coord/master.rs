@@ -18,7 +18,7 @@
 
 use super::fence_map::FenceMap;
 use super::files::{namespace_for, FenceReserve, FileLockError, MasterLock};
-use super::lock_table::{Changes, LockTable, Outcome, Owner};
+use super::lock_table::{Changes, Granted, LockTable, Outcome, Owner};
 use super::pages::PageRanges;
 use super::space::SpaceTable;
 use super::wire::{ErrorKind, Reply, Request, MASTER_PEER};
@@ -335,14 +335,7 @@ impl Master {
                             self.by_rid.insert(key, g.id);
                         }
                         self.fences.set_live(g.token);
-                        let reply = Reply::Granted {
-                            id: g.id,
-                            token: g.token,
-                            lease_ms: lease.as_millis() as u64,
-                            pages: self.give_pages(&g.owner, pages, true),
-                            era: self.era,
-                        };
-                        let _ = self.client.reply(&req, &reply.encode()).await;
+                        self.send_granted(&req, &g, pages, now).await;
                     }
                     Outcome::Queued(id) => {
                         if rid != 0 {
@@ -410,20 +403,10 @@ impl Master {
         let Some(&id) = self.by_rid.get(&(owner.clone(), rid)) else {
             return Some(req);
         };
-        if let Some(g) = self.table.get(id) {
+        if let Some(g) = self.table.get(id).cloned() {
             // (pages sent with the first reply, if it was lost, stay this session's until
             // it ends)
-            let reply = Reply::Granted {
-                id,
-                token: g.token,
-                lease_ms: g
-                    .expires
-                    .saturating_duration_since(Instant::now())
-                    .as_millis() as u64,
-                pages: Vec::new(),
-                era: self.era,
-            };
-            let _ = self.client.reply(&req, &reply.encode()).await;
+            self.send_granted(&req, &g, 0, Instant::now()).await;
             return None;
         }
         if let Some((old, _)) = self.pending.get_mut(&id) {
@@ -432,6 +415,19 @@ impl Master {
         }
         self.by_rid.remove(&(owner.clone(), rid));
         Some(req)
+    }
+
+    /// Answer `req` with lock `g`: the lease it has left at `now`, and `want` pages for its
+    /// owner.
+    async fn send_granted(&mut self, req: &IncomingRequest, g: &Granted, want: u64, now: Instant) {
+        let reply = Reply::Granted {
+            id: g.id,
+            token: g.token,
+            lease_ms: g.expires.saturating_duration_since(now).as_millis() as u64,
+            pages: self.give_pages(&g.owner, want, true),
+            era: self.era,
+        };
+        let _ = self.client.reply(req, &reply.encode()).await;
     }
 
     /// Hand `want` pages to `owner` (`[start, count]` ranges). When free pages run short and
@@ -490,15 +486,7 @@ impl Master {
         }
         for g in ch.granted {
             if let Some((req, want)) = self.pending.remove(&g.id) {
-                let lease = g.expires.saturating_duration_since(Instant::now());
-                let reply = Reply::Granted {
-                    id: g.id,
-                    token: g.token,
-                    lease_ms: lease.as_millis() as u64,
-                    pages: self.give_pages(&g.owner, want, true),
-                    era: self.era,
-                };
-                let _ = self.client.reply(&req, &reply.encode()).await;
+                self.send_granted(&req, &g, want, Instant::now()).await;
             }
         }
         for id in ch.gave_up {
