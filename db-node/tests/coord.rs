@@ -78,6 +78,35 @@ fn set(dir: &std::path::Path, url: &str, path: &str, json: &str) {
     assert!(ok, "set {path}: {err}");
 }
 
+/// A worker running `set PATH VALUE` (nosync) that stops for `ms` at the test hook `hook`
+/// (`before-commit`: in the commit step, its pages written; `after-grant`: holding its lock,
+/// before the commit turn), returned once it says it has stopped there.
+fn paused_set(
+    dir: &std::path::Path,
+    url: &str,
+    hook: &str,
+    ms: u64,
+    path: &str,
+    value: &str,
+) -> Proc {
+    let flag = format!("--pause-{hook}-ms");
+    let ms = ms.to_string();
+    let p = Proc::spawn(&mut db_node(
+        dir,
+        url,
+        &["--nosync", &flag, &ms, "set", path, value],
+    ));
+    let said = match hook {
+        "after-grant" => "granted; pausing",
+        _ => "pausing",
+    };
+    assert!(
+        p.stderr.wait_for(said, T).is_some(),
+        "the worker never got its lock"
+    );
+    p
+}
+
 #[test]
 fn a_worker_killed_holding_a_write_lock_frees_it_within_a_second() {
     let server = Server::start();
@@ -88,21 +117,13 @@ fn a_worker_killed_holding_a_write_lock_frees_it_within_a_second() {
     let mut worst = Duration::ZERO;
     for i in 0..iterations {
         // a worker that got its lock, wrote its pages, and hangs before the commit
-        let mut hung = Proc::spawn(&mut db_node(
+        let mut hung = paused_set(
             &dir,
             &server.url,
-            &[
-                "--nosync",
-                "--pause-before-commit-ms",
-                "60000",
-                "set",
-                "users/alice",
-                "{\"half\":\"done\"}",
-            ],
-        ));
-        assert!(
-            hung.stderr.wait_for("pausing", T).is_some(),
-            "iteration {i}: the worker never got its lock"
+            "before-commit",
+            60_000,
+            "users/alice",
+            "{\"half\":\"done\"}",
         );
         hung.kill();
         let killed = Instant::now();
@@ -481,22 +502,7 @@ fn a_grant_whose_post_office_session_ended_is_fenced_at_the_commit() {
     let _m = master(&dir, &server.url);
     set(&dir, &server.url, "users/alice", "0");
     // a worker holds the lock and is about to commit when its session ends
-    let mut stale = Proc::spawn(&mut db_node(
-        &dir,
-        &server.url,
-        &[
-            "--nosync",
-            "--pause-before-commit-ms",
-            "1500",
-            "set",
-            "users/alice",
-            "1",
-        ],
-    ));
-    assert!(
-        stale.stderr.wait_for("pausing", T).is_some(),
-        "the worker never got its lock"
-    );
+    let mut stale = paused_set(&dir, &server.url, "before-commit", 1500, "users/alice", "1");
     // the post office restarts: the master drops every lock of the sessions that ended
     server.restart();
     let status = stale
@@ -528,22 +534,7 @@ fn a_grant_of_a_master_that_was_replaced_is_fenced_at_the_commit() {
     let mut first = master(&dir, &server.url);
     set(&dir, &server.url, "users/alice", "0");
     // a worker gets its lock from the first master, then stalls before its commit
-    let mut stale = Proc::spawn(&mut db_node(
-        &dir,
-        &server.url,
-        &[
-            "--nosync",
-            "--pause-after-grant-ms",
-            "2500",
-            "set",
-            "users/alice",
-            "1",
-        ],
-    ));
-    assert!(
-        stale.stderr.wait_for("granted; pausing", T).is_some(),
-        "the worker never got its lock"
-    );
+    let mut stale = paused_set(&dir, &server.url, "after-grant", 2500, "users/alice", "1");
     // the master dies and another one takes over; its tokens start above the old ones
     first.kill();
     let _second = master(&dir, &server.url);
@@ -666,19 +657,14 @@ fn file_space_held_by_dead_or_finished_workers_goes_back_to_the_master() {
     // 10 workers SIGKILLed in the commit step, after writing the pages of a 100 KB value
     let big = format!("\"{}\"", "x".repeat(100_000));
     for i in 0..10 {
-        let mut w = Proc::spawn(&mut db_node(
+        let mut w = paused_set(
             &dir,
             &server.url,
-            &[
-                "--nosync",
-                "--pause-before-commit-ms",
-                "5000",
-                "set",
-                &format!("big/{i}"),
-                &big,
-            ],
-        ));
-        assert!(w.stderr.wait_for("pausing", T).is_some(), "no lock");
+            "before-commit",
+            5000,
+            &format!("big/{i}"),
+            &big,
+        );
         w.kill();
     }
     // their writes are invisible; the space they held is reused by the next writers
@@ -686,7 +672,6 @@ fn file_space_held_by_dead_or_finished_workers_goes_back_to_the_master() {
         set(&dir, &server.url, &format!("big/{i}"), &big);
     }
     let end = file_mib(&dir);
-    eprintln!("sizes: {after_small:.2} MiB, {end:.2} MiB");
     // 10 committed values need ~4 MiB with their pages; without the space of the dead
     // workers coming back the file would be more than 10 MiB bigger
     assert!(end < after_small + 8.0, "{end:.1} MiB at the end");
