@@ -50,7 +50,8 @@ pub struct ExclusiveTurn<'a> {
     turn: &'a Turn,
 }
 
-/// Holding the turn shared (a snapshot). Released on drop, by the last reader of the process.
+/// Holding the turn shared (a reader of state commits rewrite: the master following the
+/// allocation table). Released on drop, by the last reader of the process.
 pub struct SharedTurn {
     turn: Arc<Turn>,
 }
@@ -107,7 +108,7 @@ impl Turn {
         }
     }
 
-    /// Take the turn shared, for a snapshot.
+    /// Take the turn shared, waiting at most the turn's own wait.
     pub fn shared(self: &Arc<Self>) -> Result<SharedTurn> {
         self.shared_for(self.wait)
     }
