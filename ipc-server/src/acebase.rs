@@ -129,7 +129,7 @@ pub async fn handle<S>(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: crate::connection::Transport,
 {
     let method_ok = match action {
         Action::Send => req.method == "POST",
@@ -193,7 +193,7 @@ async fn connect<S>(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: crate::connection::Transport,
 {
     let major = req
         .query("v")

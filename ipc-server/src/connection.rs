@@ -1,41 +1,117 @@
 //! The life of one upgraded websocket connection: a reader (routing every frame in order), a
 //! writer task (draining the peer's outbox, one flush per batch), a keepalive watchdog, and the
 //! single place where the peer leaves its namespace, whatever ended the connection.
+//!
+//! The socket is split into its two directions. tungstenite parses what the peer sends (over
+//! the read half only; it never writes); the writer task owns the write half and writes the
+//! ready-made frames of the outbox ([`crate::wire`]) itself, copying each once into a reused
+//! buffer. Pongs and close replies, which tungstenite would otherwise write, go through the
+//! outbox like everything else.
 
 use crate::metrics::Counter;
 use crate::outbox::CloseReason;
 use crate::registry::{Encoding, Peer};
 use crate::router::Session;
+use crate::wire::WireFrame;
 use crate::Shared;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use protocol::{close_code, ErrorCode, LeaveReason};
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 /// How long the writer may take to deliver the final close frame.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
-/// Runs the connection until it ends, then removes the peer from its namespace.
-pub async fn run<S>(
-    ws: WebSocketStream<S>,
+/// Frames are gathered into one buffer up to about this size before a write.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// A frame at least this large is written straight from its own buffer instead of being copied
+/// into the write buffer first.
+const WRITE_DIRECT: usize = 16 * 1024;
+
+/// A connection's byte stream that can be split into a read half and a write half, used from
+/// two tasks without a lock between them where the transport allows it.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Reader: AsyncRead + Unpin + Send + 'static;
+    type Writer: AsyncWrite + Unpin + Send + 'static;
+    fn into_halves(self) -> (Self::Reader, Self::Writer);
+}
+
+impl Transport for TcpStream {
+    type Reader = tokio::net::tcp::OwnedReadHalf;
+    type Writer = tokio::net::tcp::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+}
+
+/// TLS state is shared by both directions, so its halves share a lock.
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    type Reader = tokio::io::ReadHalf<Self>;
+    type Writer = tokio::io::WriteHalf<Self>;
+    fn into_halves(self) -> (Self::Reader, Self::Writer) {
+        tokio::io::split(self)
+    }
+}
+
+/// The read half, as the duplex stream tungstenite wants. Whatever tungstenite would write
+/// (automatic pongs and close replies) is dropped: the connection answers those through the
+/// outbox instead, in order with everything else it sends.
+pub struct ReadOnly<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadOnly<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Runs the connection until it ends, then removes the peer from its namespace. `rest` is what
+/// was read after the upgrade request's head.
+pub async fn run<S: Transport>(
+    stream: S,
+    rest: Vec<u8>,
+    config: WebSocketConfig,
     mut session: Session,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let peer = session.me.clone();
     let ns = session.ns.clone();
-    let (sink, mut stream) = ws.split();
+    let (reader, sink) = stream.into_halves();
+    let mut stream =
+        WebSocketStream::from_partially_read(ReadOnly(reader), rest, Role::Server, Some(config))
+            .await;
     // Frames heard from the peer: bumped by the reader, watched by the keepalive watchdog (no
     // clock reads on the hot path).
     let heard = AtomicU64::new(0);
@@ -76,13 +152,13 @@ pub async fn run<S>(
 }
 
 /// Reads and routes frames until the connection ends; returns why it ended.
-async fn read_loop<S>(
-    stream: &mut SplitStream<WebSocketStream<S>>,
+async fn read_loop<R>(
+    stream: &mut WebSocketStream<ReadOnly<R>>,
     session: &mut Session,
     heard: &AtomicU64,
 ) -> CloseReason
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
 {
     loop {
         // Publish the local counters whenever the reader is about to wait.
@@ -173,7 +249,8 @@ where
                     text: "bye".into(),
                 };
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Message::Ping(data) => session.me.outbox.push_control(WireFrame::pong(&data)),
+            Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 }
@@ -206,32 +283,21 @@ async fn keepalive(peer: &Peer, heard: &AtomicU64, timeout: Duration) -> CloseRe
             };
         }
         if silent >= timeout_ms / 4 {
-            peer.outbox.push_control(Message::Ping(Default::default()));
+            peer.outbox.push_control(WireFrame::ping());
         }
     }
 }
 
 /// Writes everything the outbox holds, one flush per batch, until the outbox closes; then sends
 /// the close frame that says why.
-async fn write_loop<S>(mut sink: SplitSink<WebSocketStream<S>, Message>, peer: Arc<Peer>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn write_loop<W: AsyncWrite + Unpin>(mut sink: W, peer: Arc<Peer>) {
     let mut batch = Vec::with_capacity(256);
+    let mut buf = Vec::with_capacity(WRITE_CHUNK);
     while let Some(bytes) = peer.outbox.next_batch(&mut batch).await {
-        let mut failed = None;
-        for message in batch.drain(..) {
-            if let Err(e) = sink.feed(message).await {
-                failed = Some(e);
-                break;
-            }
-        }
-        if failed.is_none() {
-            failed = sink.flush().await.err();
-        }
+        let result = write_batch(&mut sink, &mut batch, &mut buf).await;
         batch.clear();
         peer.outbox.release(bytes);
-        if let Some(e) = failed {
+        if let Err(e) = result {
             peer.outbox.close(CloseReason {
                 leave: LeaveReason::ConnectionLost,
                 code: 1006,
@@ -242,14 +308,46 @@ where
     }
     if let Some(reason) = peer.outbox.close_reason() {
         if reason.code != 1006 {
-            let frame = CloseFrame {
-                code: CloseCode::from(reason.code),
-                reason: truncate(&reason.text, 120).into(),
-            };
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+            let frame = WireFrame::close(reason.code, truncate(&reason.text, 120));
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                sink.write_all(frame.as_wire()).await?;
+                sink.flush().await
+            })
+            .await;
         }
     }
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.shutdown()).await;
+}
+
+/// Writes `batch` in order: small frames gathered into `buf` (one write per [`WRITE_CHUNK`]),
+/// large ones from their own buffers; then flushes.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    sink: &mut W,
+    batch: &mut Vec<WireFrame>,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    buf.clear();
+    for frame in batch.drain(..) {
+        let wire = frame.as_wire();
+        if wire.len() >= WRITE_DIRECT {
+            if !buf.is_empty() {
+                sink.write_all(buf).await?;
+                buf.clear();
+            }
+            sink.write_all(wire).await?;
+            continue;
+        }
+        buf.extend_from_slice(wire);
+        if buf.len() >= WRITE_CHUNK {
+            sink.write_all(buf).await?;
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        sink.write_all(buf).await?;
+        buf.clear();
+    }
+    sink.flush().await
 }
 
 /// Close reasons are limited to 123 bytes on the wire.

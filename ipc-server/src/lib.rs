@@ -9,7 +9,8 @@
 //!
 //! Layout: [`server`] accepts connections and dispatches them through [`http`]; an upgraded
 //! connection runs in [`connection`], routes each frame through [`router`] against the
-//! [`registry`] (namespaces, members, [`subjects`]) and delivers into [`outbox`]es.
+//! [`registry`] (namespaces, members, [`subjects`]) and delivers into [`outbox`]es, as
+//! ready-made websocket frames ([`wire`]).
 
 pub mod acebase;
 pub mod auth;
@@ -24,6 +25,7 @@ pub mod router;
 pub mod server;
 pub mod subjects;
 pub mod tls;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

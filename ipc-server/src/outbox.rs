@@ -10,12 +10,11 @@
 //! The writer takes everything queued in one step ([`Outbox::next_batch`]) and writes it with a
 //! single flush, so one syscall carries many frames under load.
 
-use bytes::Bytes;
+use crate::wire::WireFrame;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::time::Instant;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Why an outbox was closed; the writer turns it into a websocket close frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +34,7 @@ pub enum PushError {
 }
 
 struct Inner {
-    queue: VecDeque<Message>,
+    queue: VecDeque<WireFrame>,
     /// Bytes queued plus bytes taken by the writer and not yet flushed.
     bytes: usize,
     closed: Option<CloseReason>,
@@ -58,7 +57,7 @@ pub struct Outbox {
 }
 
 /// Bytes a message occupies for accounting: its payload plus a fixed overhead.
-pub fn weight(message: &Message) -> usize {
+pub fn weight(message: &WireFrame) -> usize {
     message.len() + 64
 }
 
@@ -85,8 +84,8 @@ impl Outbox {
     fn push_locked(
         &self,
         inner: &mut Inner,
-        message: Message,
-    ) -> Result<bool, (Message, PushError)> {
+        message: WireFrame,
+    ) -> Result<bool, (WireFrame, PushError)> {
         if inner.closed.is_some() {
             return Err((message, PushError::Closed));
         }
@@ -100,7 +99,7 @@ impl Outbox {
     }
 
     /// Queues `message` if there is room; gives it back if there is not.
-    pub fn try_push(&self, message: Message) -> Result<(), (Message, PushError)> {
+    pub fn try_push(&self, message: WireFrame) -> Result<(), (WireFrame, PushError)> {
         let wake = self.push_locked(&mut self.inner.lock(), message)?;
         if wake {
             self.writer_wake.notify_one();
@@ -111,7 +110,7 @@ impl Outbox {
     /// Queues a control message (welcome, membership event, error, pong) without waiting: these
     /// are small and must not block the router. If they push the queue past twice its limit the
     /// consumer is hopelessly behind and the outbox is closed as a slow consumer.
-    pub fn push_control(&self, message: Message) {
+    pub fn push_control(&self, message: WireFrame) {
         let w = weight(&message);
         let mut inner = self.inner.lock();
         if inner.closed.is_some() {
@@ -133,7 +132,7 @@ impl Outbox {
     }
 
     /// Queues `message`, waiting for space until `deadline`.
-    pub async fn push(&self, message: Message, deadline: Instant) -> Result<(), PushError> {
+    pub async fn push(&self, message: WireFrame, deadline: Instant) -> Result<(), PushError> {
         let mut message = message;
         loop {
             // Register before checking, so a release between the check and the wait is seen.
@@ -170,7 +169,7 @@ impl Outbox {
 
     /// Waits for queued messages and moves them all into `batch`; returns the bytes taken (to be
     /// passed to [`Outbox::release`] once written), or `None` once closed.
-    pub async fn next_batch(&self, batch: &mut Vec<Message>) -> Option<usize> {
+    pub async fn next_batch(&self, batch: &mut Vec<WireFrame>) -> Option<usize> {
         loop {
             {
                 let mut inner = self.inner.lock();
@@ -250,18 +249,13 @@ pub fn slow_consumer_reason(detail: &str) -> CloseReason {
     }
 }
 
-/// Builds a binary message from encoded bytes.
-pub fn binary(bytes: Vec<u8>) -> Message {
-    Message::Binary(Bytes::from(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn msg(n: usize) -> Message {
-        Message::Binary(Bytes::from(vec![0u8; n]))
+    fn msg(n: usize) -> WireFrame {
+        WireFrame::binary(&vec![0u8; n])
     }
 
     #[tokio::test]

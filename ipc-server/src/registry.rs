@@ -8,13 +8,13 @@
 
 use crate::outbox::Outbox;
 use crate::subjects::SubjectIndex;
+use crate::wire::{WireFrame, HEADER_ROOM};
 use parking_lot::{Mutex, RwLock};
 use protocol::{LeaveReason, Member, ServerFrame, Welcome};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio_tungstenite::tungstenite::Message;
 
 /// How a peer wants its frames: bincode binary frames, JSON text frames, or the text framing of
 /// the AceBase IPC server (see [`crate::acebase`]).
@@ -56,7 +56,7 @@ pub struct Peer {
 /// A server frame encoded lazily, at most once per encoding, for fan-out.
 pub struct LazyFrame<'a> {
     frame: ServerFrame<'a>,
-    slots: [Option<Message>; 3],
+    slots: [Option<WireFrame>; 3],
 }
 
 impl<'a> LazyFrame<'a> {
@@ -69,14 +69,14 @@ impl<'a> LazyFrame<'a> {
 
     /// The frame in `encoding`, moved out: for the last receiver, which then needs no shared
     /// reference count. `None` if the encoding has no such frame.
-    pub fn take(&mut self, encoding: Encoding) -> Option<Message> {
+    pub fn take(&mut self, encoding: Encoding) -> Option<WireFrame> {
         self.slots[encoding as usize]
             .take()
             .or_else(|| encode(&self.frame, encoding))
     }
 
-    /// The frame as a websocket message in `encoding` (cheap clone after the first call).
-    pub fn get(&mut self, encoding: Encoding) -> Option<Message> {
+    /// The frame as a websocket frame in `encoding` (cheap clone after the first call).
+    pub fn get(&mut self, encoding: Encoding) -> Option<WireFrame> {
         let slot = &mut self.slots[encoding as usize];
         if slot.is_none() {
             *slot = encode(&self.frame, encoding);
@@ -87,11 +87,15 @@ impl<'a> LazyFrame<'a> {
 
 /// Encodes one server frame for one peer; `None` when the peer's dialect has no such frame
 /// (AceBase peers get no errors, pongs with nonces, topics or requests).
-pub fn encode(frame: &ServerFrame<'_>, encoding: Encoding) -> Option<Message> {
+pub fn encode(frame: &ServerFrame<'_>, encoding: Encoding) -> Option<WireFrame> {
     match encoding {
-        Encoding::Binary => Some(Message::Binary(protocol::encode_server(frame).into())),
-        Encoding::Json => Some(Message::Text(protocol::json::encode_server(frame).into())),
-        Encoding::AceBase => crate::acebase::encode(frame).map(|text| Message::Text(text.into())),
+        // Encoded behind room for the websocket header: one allocation, one copy of the payload.
+        Encoding::Binary => Some(WireFrame::binary_from_room(protocol::encode_server_after(
+            HEADER_ROOM,
+            frame,
+        ))),
+        Encoding::Json => Some(WireFrame::text(&protocol::json::encode_server(frame))),
+        Encoding::AceBase => crate::acebase::encode(frame).map(|text| WireFrame::text(&text)),
     }
 }
 

@@ -41,13 +41,31 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).unwrap_or_default()
 }
 
+/// [`encode`] after `prefix` zero bytes.
+fn encode_after<T: serde::Serialize>(prefix: usize, value: &T) -> Vec<u8> {
+    let size = bincode::serialized_size(value).unwrap_or(0) as usize;
+    let mut out = Vec::with_capacity(prefix + size);
+    out.resize(prefix, 0);
+    // As above, this cannot fail; on the impossible error the frame is just the prefix.
+    if bincode::serialize_into(&mut out, value).is_err() {
+        out.truncate(prefix);
+    }
+    out
+}
+
 /// Writes the bincode layout of the frequent frames by hand (one pass, exact capacity); the
 /// tests check it against bincode byte for byte.
 struct Writer(Vec<u8>);
 
 impl Writer {
     fn new(tag: u32, capacity: usize) -> Self {
-        let mut v = Vec::with_capacity(4 + capacity);
+        Self::after(0, tag, capacity)
+    }
+    /// A writer whose buffer starts with `prefix` zero bytes (room for a header the caller
+    /// fills in later, so the frame needs no second copy).
+    fn after(prefix: usize, tag: u32, capacity: usize) -> Self {
+        let mut v = Vec::with_capacity(prefix + 4 + capacity);
+        v.resize(prefix, 0);
         v.extend_from_slice(&tag.to_le_bytes());
         Writer(v)
     }
@@ -114,15 +132,22 @@ pub fn decode_client(frame: &[u8]) -> Result<ClientFrame<'_>, DecodeError> {
 
 /// Encodes a server frame as a binary websocket payload.
 pub fn encode_server(frame: &ServerFrame<'_>) -> Vec<u8> {
+    encode_server_after(0, frame)
+}
+
+/// Encodes a server frame after `prefix` zero bytes: the returned buffer is `prefix` bytes
+/// followed by exactly what [`encode_server`] returns, allocated once with exact capacity. A
+/// server uses the prefix for the websocket frame header.
+pub fn encode_server_after(prefix: usize, frame: &ServerFrame<'_>) -> Vec<u8> {
     match frame {
         ServerFrame::Message { from, payload } => {
-            Writer::new(3, 16 + from.len() + payload.len())
+            Writer::after(prefix, 3, 16 + from.len() + payload.len())
                 .str(from)
                 .bytes(payload)
                 .0
         }
         ServerFrame::Broadcast { from, payload } => {
-            Writer::new(4, 16 + from.len() + payload.len())
+            Writer::after(prefix, 4, 16 + from.len() + payload.len())
                 .str(from)
                 .bytes(payload)
                 .0
@@ -132,7 +157,7 @@ pub fn encode_server(frame: &ServerFrame<'_>) -> Vec<u8> {
             subject,
             payload,
         } => {
-            Writer::new(5, 24 + from.len() + subject.len() + payload.len())
+            Writer::after(prefix, 5, 24 + from.len() + subject.len() + payload.len())
                 .str(from)
                 .str(subject)
                 .bytes(payload)
@@ -146,7 +171,7 @@ pub fn encode_server(frame: &ServerFrame<'_>) -> Vec<u8> {
             payload,
         } => {
             let subject_len = subject.as_ref().map_or(0, |s| s.len() + 8);
-            Writer::new(6, 29 + from.len() + subject_len + payload.len())
+            Writer::after(prefix, 6, 29 + from.len() + subject_len + payload.len())
                 .str(from)
                 .u64(*corr)
                 .opt_str(subject.as_deref())
@@ -159,13 +184,13 @@ pub fn encode_server(frame: &ServerFrame<'_>) -> Vec<u8> {
             corr,
             payload,
         } => {
-            Writer::new(7, 24 + from.len() + payload.len())
+            Writer::after(prefix, 7, 24 + from.len() + payload.len())
                 .str(from)
                 .u64(*corr)
                 .bytes(payload)
                 .0
         }
-        other => encode(other),
+        other => encode_after(prefix, other),
     }
 }
 
@@ -366,6 +391,10 @@ mod tests {
                     bincode::serialize(&f).expect("bincode"),
                     "{f:?}"
                 );
+                let after = encode_server_after(10, &f);
+                assert_eq!(after.len(), after.capacity(), "exact capacity: {f:?}");
+                assert_eq!(&after[..10], &[0u8; 10]);
+                assert_eq!(&after[10..], &encode_server(&f)[..]);
             }
         }
     }

@@ -12,7 +12,9 @@ mod frames;
 pub mod json;
 mod names;
 
-pub use binary::{decode_client, decode_server, encode_client, encode_server, DecodeError};
+pub use binary::{
+    decode_client, decode_server, encode_client, encode_server, encode_server_after, DecodeError,
+};
 pub use frames::{ClientFrame, ErrorCode, LeaveReason, Member, ServerFrame, Target, Welcome};
 pub use names::MAX_NAME_LEN;
 pub use names::{
