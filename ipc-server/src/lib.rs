@@ -77,5 +77,23 @@ impl Shared {
     }
 }
 
+/// Tunes glibc's allocator for a message router; call once at start-up, before other threads.
+///
+/// Every routed message is one allocation that lives from its sender's reader to its receiver's
+/// writer, so under load the queued bytes (up to `--queue-bytes` per peer) are allocated and freed
+/// in waves. With glibc's defaults each wave returns the top of the heap to the kernel (trim above
+/// 128 KiB) and the next one takes it back one page fault at a time; profiles of a 1 KiB p2p load
+/// showed about a quarter of the server's CPU time in those faults. Fixed thresholds keep up to
+/// 64 MiB of freed heap per malloc arena for reuse, and serve blocks up to 32 MiB (the ceiling
+/// glibc's own adaptive threshold reaches) from the heap instead of fresh mappings.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before the runtime starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
 pub use config::{Config, ConfigError, Settings};
 pub use server::Server;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // First thing: keep pm2's channel out of any child process.
     let pm2_channel = pm2::Channel::from_env();
+    ipc_server::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
