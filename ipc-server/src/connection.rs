@@ -33,12 +33,14 @@ use tokio_tungstenite::WebSocketStream;
 /// How long the writer may take to deliver the final close frame.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
-/// Frames are gathered into one buffer up to about this size before a write.
+/// Small frames are gathered into one buffer up to about this size per write.
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// A frame at least this large is written straight from its own buffer instead of being copied
-/// into the write buffer first.
-const WRITE_DIRECT: usize = 16 * 1024;
+/// A frame at least this large is written from its own buffer (one slice of a vectored write)
+/// instead of being copied into the write buffer first. Frames routed under load have usually
+/// left the cache by the time they are written, so every copy of them is a trip to memory;
+/// measured on p2p 1 KiB: +20 % msg/s over copying every frame.
+const WRITE_DIRECT: usize = 512;
 
 /// A connection's byte stream that can be split into a read half and a write half, used from
 /// two tasks without a lock between them where the transport allows it.
@@ -319,25 +321,77 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut sink: W, peer: Arc<Peer>) {
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.shutdown()).await;
 }
 
-/// Writes `batch` in order: small frames gathered into `buf` (one write per [`WRITE_CHUNK`]),
-/// large ones from their own buffers; then flushes.
+/// Writes `batch` in order, then flushes. Small frames are copied into `buf` and go out as one
+/// slice; frames of at least [`WRITE_DIRECT`] bytes go out from their own buffers, in the same
+/// vectored write (the kernel then copies them once, straight from where the router built them).
 async fn write_batch<W: AsyncWrite + Unpin>(
+    sink: &mut W,
+    batch: &mut Vec<WireFrame>,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    if !sink.is_write_vectored() {
+        return write_batch_copied(sink, batch, buf).await;
+    }
+    // (own buffer?, frame index or start in `buf`, end in `buf`) of each slice; the slices are
+    // made only once `buf` is complete, since it may move while it grows.
+    let mut spans: Vec<(bool, usize, usize)> = Vec::with_capacity(batch.len().min(MAX_SLICES));
+    let mut start = 0;
+    while start < batch.len() {
+        // One vectored write covers at most MAX_SLICES slices and about WRITE_CHUNK bytes
+        // gathered into `buf`.
+        buf.clear();
+        spans.clear();
+        let mut end = start;
+        while end < batch.len() && spans.len() < MAX_SLICES && buf.len() < WRITE_CHUNK {
+            let wire = batch[end].as_wire();
+            if wire.len() >= WRITE_DIRECT {
+                spans.push((true, end, 0));
+            } else {
+                let from = buf.len();
+                buf.extend_from_slice(wire);
+                match spans.last_mut() {
+                    Some((false, _, to)) if *to == from => *to = buf.len(),
+                    _ => spans.push((false, from, buf.len())),
+                }
+            }
+            end += 1;
+        }
+        let mut slices: Vec<io::IoSlice<'_>> = spans
+            .iter()
+            .map(|&(own, a, b)| {
+                if own {
+                    io::IoSlice::new(batch[a].as_wire())
+                } else {
+                    io::IoSlice::new(&buf[a..b])
+                }
+            })
+            .collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let n = sink.write_vectored(rest).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            io::IoSlice::advance_slices(&mut rest, n);
+        }
+        start = end;
+    }
+    batch.clear();
+    sink.flush().await
+}
+
+/// At most this many slices per vectored write (Linux takes up to 1024).
+const MAX_SLICES: usize = 512;
+
+/// [`write_batch`] for transports without vectored writes (TLS): everything through `buf`.
+async fn write_batch_copied<W: AsyncWrite + Unpin>(
     sink: &mut W,
     batch: &mut Vec<WireFrame>,
     buf: &mut Vec<u8>,
 ) -> io::Result<()> {
     buf.clear();
     for frame in batch.drain(..) {
-        let wire = frame.as_wire();
-        if wire.len() >= WRITE_DIRECT {
-            if !buf.is_empty() {
-                sink.write_all(buf).await?;
-                buf.clear();
-            }
-            sink.write_all(wire).await?;
-            continue;
-        }
-        buf.extend_from_slice(wire);
+        buf.extend_from_slice(frame.as_wire());
         if buf.len() >= WRITE_CHUNK {
             sink.write_all(buf).await?;
             buf.clear();

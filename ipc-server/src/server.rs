@@ -19,6 +19,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+/// Bytes tungstenite reads from a socket at a time. Before each read it zero-fills the free
+/// part of its buffer up to this size, so its 128 KiB default costs a 128 KiB memset per read
+/// however little arrives; measured on p2p 1 KiB: 32 KiB was best of 16, 32, 64 and 128 KiB.
+const READ_BUFFER: usize = 32 * 1024;
+
 /// How long shutdown waits for connections to close before returning anyway (pm2 kills 1.6 s
 /// after its SIGINT).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
@@ -489,7 +494,8 @@ pub(crate) async fn accept_peer<S>(
     let hard_cap = limits.max_payload as usize * 2 + 64 * 1024;
     let config = WebSocketConfig::default()
         .max_message_size(Some(hard_cap))
-        .max_frame_size(Some(hard_cap));
+        .max_frame_size(Some(hard_cap))
+        .read_buffer_size(READ_BUFFER);
     let session = Session::new(ns, peer, shared.metrics.clone(), limits);
     crate::connection::run(stream, req.rest, config, session, shared, shutdown).await;
 }
