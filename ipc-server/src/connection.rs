@@ -4,9 +4,10 @@
 //!
 //! The socket is split into its two directions. tungstenite parses what the peer sends (over
 //! the read half only; it never writes); the writer task owns the write half and writes the
-//! ready-made frames of the outbox ([`crate::wire`]) itself, copying each once into a reused
-//! buffer. Pongs and close replies, which tungstenite would otherwise write, go through the
-//! outbox like everything else.
+//! ready-made frames of the outbox ([`crate::wire`]) itself: small frames gathered into one
+//! reused buffer, larger ones straight from the router's buffers, in one vectored write. Pongs
+//! and close replies, which tungstenite would otherwise write, go through the outbox like
+//! everything else.
 
 use crate::metrics::Counter;
 use crate::outbox::CloseReason;
@@ -244,11 +245,18 @@ where
                     Err(e) => session.error(ErrorCode::MalformedFrame, 0, "", e.to_string()),
                 }
             }
-            Message::Close(_) => {
+            Message::Close(frame) => {
+                // The reply echoes the peer's code and reason (tungstenite has already turned a
+                // code that may not be sent into 1002); a close without a code gets an empty
+                // close frame back (1005, which the writer never puts on the wire).
+                let (code, text) = match frame {
+                    Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),
+                    None => (1005, String::new()),
+                };
                 return CloseReason {
                     leave: LeaveReason::Closed,
-                    code: 1000,
-                    text: "bye".into(),
+                    code,
+                    text,
                 };
             }
             Message::Ping(data) => session.me.outbox.push_control(WireFrame::pong(&data)),

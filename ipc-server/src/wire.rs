@@ -99,8 +99,12 @@ impl WireFrame {
         Self::copied(OP_PONG, &payload[..payload.len().min(125)])
     }
 
-    /// A close frame with `code` and `reason` (the reason cut to fit 123 bytes).
+    /// A close frame with `code` and `reason` (the reason cut to fit 123 bytes). Code 1005
+    /// ("no status received", which must not be sent) gives a close frame without a payload.
     pub fn close(code: u16, reason: &str) -> WireFrame {
+        if code == 1005 {
+            return Self::copied(OP_CLOSE, &[]);
+        }
         let mut end = reason.len().min(123);
         while !reason.is_char_boundary(end) {
             end -= 1;
@@ -179,6 +183,9 @@ mod tests {
         let (_, body) = parse(WireFrame::close(1000, &long).as_wire());
         assert!(body.len() <= 125);
         assert!(std::str::from_utf8(&body[2..]).is_ok());
+        let (h, body) = parse(WireFrame::close(1005, "ignored").as_wire());
+        assert_eq!(u8::from(h.opcode), OP_CLOSE);
+        assert!(body.is_empty());
         let (h, body) = parse(WireFrame::ping().as_wire());
         assert_eq!(u8::from(h.opcode), OP_PING);
         assert!(body.is_empty());

@@ -401,3 +401,93 @@ async fn a_half_open_connection_is_replaced_by_its_reconnecting_peer_before_the_
     .await;
     assert!(matches!(e, Event::Joined { epoch, .. } if epoch == newcomer.epoch()));
 }
+
+/// The server answers a websocket ping with a pong carrying the same data; a peer's close frame
+/// is echoed (code and reason), others see the peer leave as `closed`, and the server then ends
+/// the TCP connection. A close without a code gets an empty close frame back.
+#[tokio::test]
+async fn websocket_pings_get_pongs_and_a_close_is_answered() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = ServerProc::start(&[]);
+    let (_watcher, mut watcher_ev) = client(&server, "db", "watcher").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/ipc/v1/db?id=raw", server.url))
+        .await
+        .expect("connect");
+    match next_within(&mut ws).await {
+        Some(Ok(Message::Binary(b))) => assert!(matches!(
+            protocol::decode_server(&b),
+            Ok(protocol::ServerFrame::Welcome(_))
+        )),
+        other => panic!("expected the welcome, got {other:?}"),
+    }
+    for data in [&b""[..], b"hello", &[7u8; 125]] {
+        ws.send(Message::Ping(data.to_vec().into()))
+            .await
+            .expect("ping");
+        match next_within(&mut ws).await {
+            Some(Ok(Message::Pong(got))) => assert_eq!(&got[..], data),
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+    let bye = CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "done here".into(),
+    };
+    ws.send(Message::Close(Some(bye.clone())))
+        .await
+        .expect("close");
+    let mut closed_with = None;
+    loop {
+        match next_within(&mut ws).await {
+            Some(Ok(Message::Close(frame))) => closed_with = frame,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+            None | Some(Err(_)) => break,
+        }
+    }
+    assert_eq!(closed_with, Some(bye));
+    let e = wait_for(
+        &mut watcher_ev,
+        Duration::from_secs(2),
+        |e| matches!(e, Event::Left { peer, .. } if peer == "raw"),
+    )
+    .await;
+    assert!(
+        matches!(
+            e,
+            Event::Left {
+                reason: LeaveReason::Closed,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/ipc/v1/db?id=raw2", server.url))
+        .await
+        .expect("connect");
+    ws.send(Message::Close(None)).await.expect("close");
+    let mut replies = Vec::new();
+    loop {
+        match next_within(&mut ws).await {
+            Some(Ok(Message::Close(frame))) => replies.push(frame),
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => break,
+        }
+    }
+    assert_eq!(replies, vec![None]);
+}
+
+async fn next_within<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> Option<Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .expect("a message in time")
+}
