@@ -154,6 +154,20 @@ pub async fn run<S: Transport>(
     }
 }
 
+/// Yields once to the runtime, so that the task goes to the back of the run queue, where an idle
+/// worker thread can take it.
+///
+/// Without it, a lone message (request/reply at low load) is read, routed and written by the
+/// one worker thread that was woken, while the other cores sit halted; the next hop of the
+/// exchange then lands on a halted core, and waking one costs tens of microseconds on a VM.
+/// A yield wakes a second worker as soon as work arrives, so its core is already up when the
+/// next hop comes. Under load the reader rarely waits and batches are large, so the yields are
+/// rare. Measured on a 2-core VM, the benchmark's request/reply p50 fell from ~165 to ~115 µs,
+/// with throughput unchanged.
+async fn hand_over() {
+    tokio::task::yield_now().await;
+}
+
 /// Reads and routes frames until the connection ends; returns why it ended.
 async fn read_loop<R>(
     stream: &mut WebSocketStream<ReadOnly<R>>,
@@ -169,7 +183,11 @@ where
             Some(next) => next,
             None => {
                 session.flush_counts();
-                stream.next().await
+                let next = stream.next().await;
+                // A frame that found the connection idle is routed after one yield: see
+                // [`hand_over`].
+                hand_over().await;
+                next
             }
         };
         let message = match next {
@@ -304,6 +322,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut sink: W, peer: Arc<Peer>) {
     let mut batch = Vec::with_capacity(256);
     let mut buf = Vec::with_capacity(WRITE_CHUNK);
     while let Some(bytes) = peer.outbox.next_batch(&mut batch).await {
+        if batch.len() == 1 {
+            // A lone frame: see [`hand_over`]. Frames routed meanwhile still go in this write.
+            hand_over().await;
+        }
         let result = write_batch(&mut sink, &mut batch, &mut buf).await;
         batch.clear();
         peer.outbox.release(bytes);
