@@ -43,7 +43,7 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        let _ = self.inner.closing.send(true);
+        self.inner.closing.send_replace(true);
     }
 }
 
@@ -308,7 +308,7 @@ impl Client {
 
     /// Closes the connection and stops reconnecting; pending requests fail with `Closed`.
     pub async fn close(&self) {
-        let _ = self.inner().closing.send(true);
+        self.inner().closing.send_replace(true);
         let link = self.inner().link.lock().take();
         if let Some(tx) = link {
             let _ = tx.send(Message::Close(None)).await;

@@ -406,6 +406,27 @@ async fn a_half_open_connection_is_replaced_by_its_reconnecting_peer_before_the_
 /// is echoed (code and reason), others see the peer leave as `closed`, and the server then ends
 /// the TCP connection. A close without a code gets an empty close frame back.
 #[tokio::test]
+async fn a_client_closed_right_after_connecting_stays_closed() {
+    // close() used to be lost when it came before the client's background task had started,
+    // and the closed client then reconnected by itself.
+    let server = ServerProc::start(&[]);
+    let (_watcher, mut w_ev) = client(&server, "db", "watcher").await;
+    for i in 0..20 {
+        let (c, _events) = client(&server, "db", &format!("c{i}")).await;
+        c.close().await;
+    }
+    let mut left = 0;
+    while left < 20 {
+        wait_for(&mut w_ev, 2 * SECOND, |e| matches!(e, Event::Left { .. })).await;
+        left += 1;
+    }
+    none_within(&mut w_ev, Duration::from_millis(500), |e| {
+        matches!(e, Event::Joined { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn websocket_pings_get_pongs_and_a_close_is_answered() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
