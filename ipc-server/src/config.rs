@@ -49,6 +49,10 @@ pub struct Config {
     /// consumer, in milliseconds.
     #[arg(long, env = "IPC_SLOW_CONSUMER_MS", default_value_t = 2_000)]
     pub slow_consumer_ms: u64,
+    /// Open connections (peers and HTTP requests) served at once; more are answered 503 and
+    /// closed. With --queue-bytes this bounds the memory the server can be made to hold.
+    #[arg(long, env = "IPC_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
 }
 
 /// A configuration that cannot work.
@@ -69,6 +73,8 @@ pub enum ConfigError {
     SlowConsumer(u64),
     #[error("--queue-bytes must be at least 65536 and at least --max-payload, got {0}")]
     QueueBytes(usize),
+    #[error("--max-connections must be at least 1")]
+    MaxConnections,
     #[error("TLS: {0}")]
     Tls(String),
 }
@@ -85,6 +91,7 @@ pub struct Settings {
     pub limits: Limits,
     pub keepalive: Duration,
     pub queue_bytes: usize,
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -118,6 +125,9 @@ impl Config {
         if self.queue_bytes < 65536 || self.queue_bytes < self.max_payload as usize {
             return Err(ConfigError::QueueBytes(self.queue_bytes));
         }
+        if self.max_connections == 0 {
+            return Err(ConfigError::MaxConnections);
+        }
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
@@ -133,6 +143,7 @@ impl Config {
             },
             keepalive: Duration::from_millis(self.keepalive_ms),
             queue_bytes: self.queue_bytes,
+            max_connections: self.max_connections,
         })
     }
 }

@@ -26,9 +26,10 @@ pub enum Counter {
     HandshakeUnauthorized,
     HandshakeRejected,
     HandshakeDuplicatePeer,
+    ConnectionsRefusedFull,
 }
 
-const COUNTERS: usize = Counter::HandshakeDuplicatePeer as usize + 1;
+const COUNTERS: usize = Counter::ConnectionsRefusedFull as usize + 1;
 
 #[repr(align(128))]
 struct Shard([AtomicU64; COUNTERS]);
@@ -94,6 +95,12 @@ impl Metrics {
             "counter",
             "Websocket sessions accepted.",
             &one(Counter::Connections),
+        );
+        metric(
+            "ipc_connections_refused_full_total",
+            "counter",
+            "Connections answered 503 because --max-connections were open.",
+            &one(Counter::ConnectionsRefusedFull),
         );
         metric(
             "ipc_frames_received_total",

@@ -33,7 +33,15 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
+    max_connections: usize,
 }
+
+/// Connections over the limit that are being told so (503) at once; any more are closed
+/// without an answer, so a flood cannot grow this either.
+const MAX_REFUSING: usize = 64;
+
+/// Time a refused connection gets to send its request head and read the 503.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Server {
     /// Binds the listening socket.
@@ -53,6 +61,7 @@ impl Server {
             listener,
             tls: settings.tls,
             shared,
+            max_connections: settings.max_connections,
         })
     }
 
@@ -75,6 +84,7 @@ impl Server {
     pub async fn run(self, stop: impl Future<Output = ()>) {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
+        let mut refusing = JoinSet::new();
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -90,6 +100,13 @@ impl Server {
                         }
                     };
                     let _ = tcp.set_nodelay(true);
+                    if connections.len() >= self.max_connections {
+                        self.shared.metrics.add(0, Counter::ConnectionsRefusedFull, 1);
+                        if refusing.len() < MAX_REFUSING {
+                            refusing.spawn(refuse_full(tcp, self.tls.clone(), self.max_connections));
+                        }
+                        continue;
+                    }
                     let shared = self.shared.clone();
                     let shutdown = shutdown_rx.clone();
                     match self.tls.clone() {
@@ -106,9 +123,11 @@ impl Server {
                     }
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(_) = refusing.join_next(), if !refusing.is_empty() => {}
             }
         }
         drop(self.listener);
+        refusing.abort_all();
         let _ = shutdown_tx.send(true);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while connections.join_next().await.is_some() {}
@@ -119,6 +138,46 @@ impl Server {
             connections.abort_all();
         }
     }
+}
+
+/// Answers a connection over `--max-connections` with 503 (after its request head, so that the
+/// client reads the answer instead of a reset) and closes it.
+async fn refuse_full(tcp: tokio::net::TcpStream, tls: Option<TlsAcceptor>, max: usize) {
+    let answer = async move {
+        let body = error_body(
+            "server_full",
+            &format!("the server has {max} open connections (--max-connections); try again later"),
+            None,
+        );
+        match tls {
+            None => {
+                let mut tcp = tcp;
+                let _ = read_head(&mut tcp).await;
+                let _ = respond(
+                    &mut tcp,
+                    503,
+                    "application/json",
+                    &[("Retry-After", "1")],
+                    &body,
+                )
+                .await;
+            }
+            Some(tls) => {
+                if let Ok(mut stream) = tls.accept(tcp).await {
+                    let _ = read_head(&mut stream).await;
+                    let _ = respond(
+                        &mut stream,
+                        503,
+                        "application/json",
+                        &[("Retry-After", "1")],
+                        &body,
+                    )
+                    .await;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, answer).await;
 }
 
 /// Serves one accepted connection: one HTTP request, or a websocket session.

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use ipc_client::{ClientError, ClientOptions, Event};
+use ipc_client::{Client, ClientError, ClientOptions, Event};
 use protocol::{ErrorCode, ServerFrame};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -268,6 +268,7 @@ fn bad_configuration_exits_non_zero_with_a_message() {
         ],
         &["--tls-cert", "/nonexistent/cert.pem"],
         &["--keepalive-ms", "5"],
+        &["--max-connections", "0"],
     ];
     for args in cases {
         let out = std::process::Command::new(SERVER)
@@ -295,4 +296,65 @@ fn bad_configuration_exits_non_zero_with_a_message() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_get_503_and_the_others_keep_working() {
+    let server = ServerProc::start(&["--max-connections", "2"]);
+    let (a, _a_ev) = client(&server, "db", "a").await;
+    let (_b, mut b_ev) = client(&server, "db", "b").await;
+    let upgrade = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    // A third connection, peer or plain HTTP, is told why and closed.
+    let (status, body) = http_get(server.port, "/ipc/v1/db?id=c", &upgrade).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"server_full\""), "{body}");
+    assert!(body.contains("--max-connections"), "{body}");
+    let (status, _) = http_get(server.port, "/health", &[]).await;
+    assert_eq!(status, 503);
+    assert!(
+        Client::connect(ClientOptions::new(&server.url, "db", "c"))
+            .await
+            .is_err(),
+        "a third peer must be refused"
+    );
+
+    // The two peers inside keep talking.
+    a.send("b", b"still here").await.expect("send");
+    let e = wait_for(&mut b_ev, SECOND, |e| matches!(e, Event::Message { .. })).await;
+    assert!(matches!(e, Event::Message { ref payload, .. } if &payload[..] == b"still here"));
+
+    // Once one leaves, a newcomer gets its place.
+    a.close().await;
+    drop(a);
+    let mut newcomer = None;
+    for _ in 0..50 {
+        if let Ok(c) = Client::connect(ClientOptions::new(&server.url, "db", "c")).await {
+            newcomer = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (c, _c_ev) = newcomer.expect("a place frees up when a peer leaves");
+    c.close().await;
+    drop(c);
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        let (status, body) = http_get(server.port, "/metrics", &[]).await;
+        if status == 200 {
+            metrics = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ipc_connections_refused_full_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("refusal counter in /metrics");
+    assert!(refused >= 3, "{metrics}");
 }
