@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -143,41 +143,25 @@ impl Server {
 /// Answers a connection over `--max-connections` with 503 (after its request head, so that the
 /// client reads the answer instead of a reset) and closes it.
 async fn refuse_full(tcp: tokio::net::TcpStream, tls: Option<TlsAcceptor>, max: usize) {
-    let answer = async move {
-        let body = error_body(
-            "server_full",
-            &format!("the server has {max} open connections (--max-connections); try again later"),
-            None,
-        );
+    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, max: usize) {
+        let _ = read_head(&mut stream).await;
+        let message =
+            format!("the server has {max} open connections (--max-connections); try again later");
+        let body = error_body("server_full", &message, None);
+        let headers = [("Retry-After", "1")];
+        let _ = respond(&mut stream, 503, "application/json", &headers, &body).await;
+    }
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, async move {
         match tls {
-            None => {
-                let mut tcp = tcp;
-                let _ = read_head(&mut tcp).await;
-                let _ = respond(
-                    &mut tcp,
-                    503,
-                    "application/json",
-                    &[("Retry-After", "1")],
-                    &body,
-                )
-                .await;
-            }
+            None => answer(tcp, max).await,
             Some(tls) => {
-                if let Ok(mut stream) = tls.accept(tcp).await {
-                    let _ = read_head(&mut stream).await;
-                    let _ = respond(
-                        &mut stream,
-                        503,
-                        "application/json",
-                        &[("Retry-After", "1")],
-                        &body,
-                    )
-                    .await;
+                if let Ok(stream) = tls.accept(tcp).await {
+                    answer(stream, max).await;
                 }
             }
         }
-    };
-    let _ = tokio::time::timeout(REFUSE_TIMEOUT, answer).await;
+    })
+    .await;
 }
 
 /// Serves one accepted connection: one HTTP request, or a websocket session.
