@@ -214,22 +214,8 @@ async fn malformed_and_oversized_frames_affect_only_their_sender() {
         }
     };
     assert_eq!(close.map(|c| u16::from(c.code)), Some(1009));
-    let e = wait_for(
-        &mut good_ev,
-        SECOND,
-        |e| matches!(e, Event::Left { peer, .. } if peer == "bad"),
-    )
-    .await;
-    assert!(
-        matches!(
-            e,
-            Event::Left {
-                reason: ipc_client::LeaveReason::ProtocolError,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    let reason = left_reason(&mut good_ev, "bad", SECOND).await;
+    assert_eq!(reason, ipc_client::LeaveReason::ProtocolError);
 
     // The Rust client refuses oversized payloads locally, and the server keeps serving.
     assert!(matches!(

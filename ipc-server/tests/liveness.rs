@@ -75,25 +75,11 @@ async fn hung_peer_is_reported_left_after_the_keepalive_timeout() {
     .await;
     unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
     let stopped = Instant::now();
-    let e = wait_for(
-        &mut events,
-        Duration::from_secs(3),
-        |e| matches!(e, Event::Left { peer, .. } if peer == "sleeper"),
-    )
-    .await;
+    let reason = left_reason(&mut events, "sleeper", Duration::from_secs(3)).await;
     let took = stopped.elapsed();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(
-        matches!(
-            e,
-            Event::Left {
-                reason: LeaveReason::KeepaliveTimeout,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_eq!(reason, LeaveReason::KeepaliveTimeout);
     assert!(
         took >= Duration::from_millis(450) && took < Duration::from_millis(1200),
         "took {took:?}"
@@ -151,22 +137,8 @@ async fn a_consumer_that_never_reads_is_disconnected_and_others_keep_going() {
     for _ in 0..2000 {
         publisher.publish("feed", &payload).await.expect("publish");
     }
-    let e = wait_for(
-        &mut obs_ev,
-        Duration::from_secs(20),
-        |e| matches!(e, Event::Left { peer, .. } if peer == "stuck"),
-    )
-    .await;
-    assert!(
-        matches!(
-            e,
-            Event::Left {
-                reason: LeaveReason::SlowConsumer,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    let reason = left_reason(&mut obs_ev, "stuck", Duration::from_secs(20)).await;
+    assert_eq!(reason, LeaveReason::SlowConsumer);
     assert_eq!(
         reader.await.expect("reader"),
         2000,
@@ -377,22 +349,8 @@ async fn a_half_open_connection_is_replaced_by_its_reconnecting_peer_before_the_
         took < Duration::from_millis(1800),
         "admitted only after {took:?} (keepalive is 2 s)"
     );
-    let e = wait_for(
-        &mut events,
-        SECOND,
-        |e| matches!(e, Event::Left { peer, .. } if peer == "phoenix"),
-    )
-    .await;
-    assert!(
-        matches!(
-            e,
-            Event::Left {
-                reason: LeaveReason::KeepaliveTimeout,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    let reason = left_reason(&mut events, "phoenix", SECOND).await;
+    assert_eq!(reason, LeaveReason::KeepaliveTimeout);
     let e = wait_for(
         &mut events,
         SECOND,
@@ -469,22 +427,8 @@ async fn websocket_pings_get_pongs_and_a_close_is_answered() {
         }
     }
     assert_eq!(closed_with, Some(bye));
-    let e = wait_for(
-        &mut watcher_ev,
-        Duration::from_secs(2),
-        |e| matches!(e, Event::Left { peer, .. } if peer == "raw"),
-    )
-    .await;
-    assert!(
-        matches!(
-            e,
-            Event::Left {
-                reason: LeaveReason::Closed,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    let reason = left_reason(&mut watcher_ev, "raw", Duration::from_secs(2)).await;
+    assert_eq!(reason, LeaveReason::Closed);
 
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/ipc/v1/db?id=raw2", server.url))
         .await

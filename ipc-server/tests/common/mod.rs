@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use ipc_client::{Client, ClientOptions, Event, Events};
+use ipc_client::{Client, ClientOptions, Event, Events, LeaveReason};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -136,6 +136,20 @@ pub async fn wait_for<F: FnMut(&Event) -> bool>(
             Ok(None) => panic!("event stream ended"),
             Err(_) => panic!("no matching event within {timeout:?}"),
         }
+    }
+}
+
+/// Waits up to `timeout` for `peer` to be reported left and returns why it left.
+pub async fn left_reason(events: &mut Events, peer: &str, timeout: Duration) -> LeaveReason {
+    let e = wait_for(
+        events,
+        timeout,
+        |e| matches!(e, Event::Left { peer: p, .. } if p == peer),
+    )
+    .await;
+    match e {
+        Event::Left { reason, .. } => reason,
+        other => panic!("expected left, got {other:?}"),
     }
 }
 
