@@ -328,24 +328,29 @@ async fn reqrep_throughput(
             let mut in_flight = outstanding as u64;
             while in_flight > 0 {
                 await_reply(&mut ws).await?;
-                in_flight -= 1;
-                done += 1;
-                if start.elapsed() < secs {
-                    corr += 1;
-                    ws.feed(request(corr, &payload)).await?;
-                    in_flight += 1;
-                    if let Some(Some(Ok(Message::Binary(b)))) = ws.next().now_or_never() {
-                        // A reply was already there: account for it without flushing yet.
-                        {
-                            if let Ok(ServerFrame::Reply { .. }) = protocol::decode_server(&b) {
-                                in_flight -= 1;
-                                done += 1;
-                                corr += 1;
-                                ws.feed(request(corr, &payload)).await?;
-                                in_flight += 1;
+                let mut replies = 1;
+                // Take every reply that is already here before flushing the requests they
+                // free up (the NATS load flushes when its read buffer is empty, too).
+                while let Some(next) = ws.next().now_or_never() {
+                    let Some(m) = next else { break };
+                    if let Message::Binary(b) = m? {
+                        match protocol::decode_server(&b)? {
+                            ServerFrame::Reply { .. } => replies += 1,
+                            ServerFrame::Error { message, .. } => {
+                                anyhow::bail!("request failed: {message}")
                             }
+                            _ => {}
                         }
                     }
+                }
+                in_flight -= replies;
+                done += replies;
+                if start.elapsed() < secs {
+                    for _ in 0..replies {
+                        corr += 1;
+                        ws.feed(request(corr, &payload)).await?;
+                    }
+                    in_flight += replies;
                     ws.flush().await?;
                 }
             }
