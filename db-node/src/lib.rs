@@ -25,6 +25,8 @@ pub mod path;
 pub mod readers;
 mod shared_words;
 pub mod store;
+#[cfg(test)]
+mod test_dirs;
 pub mod tree;
 pub mod turn;
 pub mod txn;
